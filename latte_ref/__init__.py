@@ -1,0 +1,38 @@
+"""latte-ref: the reference implementation of Latte, latent attention in linear time.
+
+Written once against the Python Array API standard: the same functions take NumPy,
+CuPy, PyTorch, JAX, Dask and array-api-strict arrays, and return arrays of the
+caller's namespace, device and dtype.
+
+Shape letters used throughout:
+
+    ...  batch axes (any number)     T  sequence length      H  heads
+    L    latents per head            D  value dimension per head
+"""
+
+from __future__ import annotations
+
+from ._layer import LatteParams, init_params, latte_attention
+from .bidirectional import bidirectional
+from .causal import DEFAULT_CHUNK_SIZE, causal
+from .definition import attention_matrix, definition
+from .recurrent import recurrent, step
+from .state import LatteState, combine, init_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "LatteParams",
+    "LatteState",
+    "attention_matrix",
+    "bidirectional",
+    "causal",
+    "combine",
+    "definition",
+    "init_params",
+    "init_state",
+    "latte_attention",
+    "recurrent",
+    "step",
+]

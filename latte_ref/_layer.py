@@ -1,0 +1,175 @@
+"""The Latte layer with the authors' parameter layout: projections in, a form of Latte, projection out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from ._array import Array, check_mask, compute_dtype, namespace_of
+from .bidirectional import bidirectional
+from .causal import causal as causal_form
+from .definition import definition
+from .recurrent import recurrent
+
+__all__ = ["LatteParams", "init_params", "latte_attention", "resolve_namespace"]
+
+Form = Literal["definition", "recurrent"]
+
+
+@dataclass(frozen=True)
+class LatteParams:
+    """Weights of one Latte layer, laid out as in the authors' code.
+
+    Attributes
+    ----------
+    wq, wk : array, shape (d_model, n_latents)
+        Latent projections. The n_latents columns are split into ``n_heads`` equal
+        groups: head h owns columns ``h*L : (h+1)*L`` with ``L = n_latents // n_heads``.
+    wv, wo : array, shape (d_model, d_model)
+        Value and output projections; head h owns value columns ``h*D : (h+1)*D``
+        with ``D = d_model // n_heads``.
+    n_heads : int
+        H.
+    """
+
+    wq: Array
+    wk: Array
+    wv: Array
+    wo: Array
+    n_heads: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_heads, bool) or not isinstance(self.n_heads, int) or self.n_heads < 1:
+            raise ValueError(f"n_heads must be a positive int, got {self.n_heads!r}")
+        for name in ("wq", "wk", "wv", "wo"):
+            if getattr(self, name).ndim != 2:
+                raise ValueError(f"{name} must be a matrix, got shape {tuple(getattr(self, name).shape)}")
+        d_model, n_latents = self.wq.shape
+        if tuple(self.wk.shape) != (d_model, n_latents):
+            raise ValueError(f"wk must have the shape of wq {(d_model, n_latents)}, got {tuple(self.wk.shape)}")
+        for name in ("wv", "wo"):
+            if tuple(getattr(self, name).shape) != (d_model, d_model):
+                raise ValueError(f"{name} must have shape {(d_model, d_model)}, got {tuple(getattr(self, name).shape)}")
+        if n_latents % self.n_heads or d_model % self.n_heads:
+            raise ValueError(
+                f"n_latents ({n_latents}) and d_model ({d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+
+    @property
+    def d_model(self) -> int:
+        return int(self.wq.shape[0])
+
+    @property
+    def n_latents(self) -> int:
+        return int(self.wq.shape[1])
+
+
+def resolve_namespace(xp: Any) -> Any:
+    """The Array-API-compatible namespace for ``xp``: NumPy when ``None``; ``torch`` or ``jax.numpy`` modules are wrapped."""
+    if xp is None:
+        return array_namespace(np.empty(0))
+    return array_namespace(xp.asarray(0.0))
+
+
+def init_params(
+    d_model: int,
+    n_latents: int,
+    n_heads: int,
+    *,
+    xp: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    seed: int = 0,
+) -> LatteParams:
+    """Random layer weights, drawn with NumPy from ``seed`` and moved to ``xp``/``device``.
+
+    Each matrix is normal with standard deviation ``1 / sqrt(d_model)`` (LeCun
+    initialisation), so the same seed gives the same weights on every backend.
+
+    Examples
+    --------
+    >>> import latte_ref
+    >>> p = latte_ref.init_params(d_model=16, n_latents=8, n_heads=4)
+    >>> p.wq.shape, p.wo.shape, p.n_heads
+    ((16, 8), (16, 16), 4)
+    """
+    xp = resolve_namespace(xp)
+    if dtype is None:
+        dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(d_model)
+
+    def draw(shape: tuple[int, int]) -> Array:
+        return xp.asarray(rng.normal(scale=scale, size=shape), dtype=dtype, device=device)
+
+    return LatteParams(
+        wq=draw((d_model, n_latents)),
+        wk=draw((d_model, n_latents)),
+        wv=draw((d_model, d_model)),
+        wo=draw((d_model, d_model)),
+        n_heads=n_heads,
+    )
+
+
+def latte_attention(
+    x: Array, params: LatteParams, *, causal: bool, mask: Array | None = None, form: Form | None = None
+) -> Array:
+    """The Latte layer: ``q, k, v = x @ wq, x @ wk, x @ wv`` split into heads, Latte per head, then ``@ wo``.
+
+    Parameters
+    ----------
+    x : array, shape (..., T, d_model)
+    params : LatteParams
+    causal : bool
+        Causal (each token sees itself and the past) or bidirectional.
+    mask : bool array, shape (..., T), optional
+        True for a real token; padded positions give 0 before the output projection.
+    form : {None, "definition", "recurrent"}
+        ``None`` runs the fast form (:func:`bidirectional` or :func:`causal`),
+        ``"definition"`` the O(T²) oracle, ``"recurrent"`` the token-by-token scan (causal only).
+
+    Returns
+    -------
+    y : array, shape (..., T, d_model)
+
+    Examples
+    --------
+    >>> import numpy as np, latte_ref
+    >>> p = latte_ref.init_params(d_model=16, n_latents=8, n_heads=4)
+    >>> x = np.random.default_rng(0).normal(size=(2, 10, 16))
+    >>> latte_ref.latte_attention(x, p, causal=True).shape
+    (2, 10, 16)
+    """
+    if not isinstance(params, LatteParams):
+        raise TypeError(f"params must be a LatteParams, got {type(params).__name__}")
+    xp = namespace_of(x=x, wq=params.wq, mask=mask)
+    if x.ndim < 2 or x.shape[-1] != params.d_model:
+        raise ValueError(f"x must have shape (..., T, d_model={params.d_model}), got {tuple(x.shape)}")
+    check_mask(xp, mask, x.shape[:-1])
+    compute_dtype(xp, x, params.wq)
+    if form not in (None, "definition", "recurrent"):
+        raise ValueError(f"form must be None, 'definition' or 'recurrent', got {form!r}")
+    if form == "recurrent" and not causal:
+        raise ValueError("form='recurrent' exists only for causal=True")
+
+    heads = params.n_heads
+    q = _split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
+    k = _split_heads(xp, x @ params.wk, heads)  # [..., T, H, L]
+    v = _split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
+    if form == "definition":
+        y = definition(q, k, v, causal=causal, mask=mask)
+    elif form == "recurrent":
+        y = recurrent(q, k, v, mask=mask)
+    elif causal:
+        y = causal_form(q, k, v, mask=mask)
+    else:
+        y = bidirectional(q, k, v, mask=mask)
+    return xp.reshape(y, (*y.shape[:-2], params.d_model)) @ params.wo  # type: ignore[union-attr]
+
+
+def _split_heads(xp: Any, x: Array, n_heads: int) -> Array:
+    """(..., T, H*F) -> (..., T, H, F): head h takes the h-th group of F columns."""
+    return xp.reshape(x, (*x.shape[:-1], n_heads, x.shape[-1] // n_heads))

@@ -1,0 +1,96 @@
+"""The definition of Latte, computed literally: the oracle the fast forms are tested against."""
+
+from __future__ import annotations
+
+from ._array import Array, check_mask, check_qkv, compute_dtype, device_of, namespace_of, softmax
+
+__all__ = ["attention_matrix", "definition"]
+
+
+def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = None) -> Array:
+    r"""The T x T attention that Latte implies: :math:`p(s \mid t) = \sum_l p(s \mid l, t)\, p(l \mid t)`.
+
+    .. math::
+
+        p(l \mid t) = \operatorname{softmax}_l q_{t,l}, \qquad
+        p(s \mid l, t) = \frac{\exp k_{s,l}}{\sum_{s' \in S(t)} \exp k_{s',l}}, \qquad
+        S(t) = \begin{cases} \{s \le t\} & \text{causal} \\ \text{all } s & \text{bidirectional} \end{cases}
+
+    Costs O(T²·L) time and memory: it is for inspection and testing, not for long sequences.
+
+    Parameters
+    ----------
+    q, k : array, shape (..., T, H, L)
+    causal : bool
+        Whether S(t) stops at t.
+    mask : bool array, shape (..., T), optional
+        Padded tokens are in no S(t), and their own rows are 0.
+
+    Returns
+    -------
+    a : array, shape (..., H, T, T)
+        ``a[..., h, t, s] = p(s | t)``; each real token's row sums to 1, so ``y = a @ v`` per head.
+
+    Examples
+    --------
+    >>> import numpy as np, latte_ref
+    >>> q, k = np.random.default_rng(0).normal(size=(2, 4, 1, 3))
+    >>> a = latte_ref.attention_matrix(q, k, causal=True)
+    >>> a.shape, bool(np.allclose(a.sum(-1), 1)), bool(np.all(np.triu(a[0], 1) == 0))
+    ((1, 4, 4), True, True)
+    """
+    xp = namespace_of(q=q, k=k, mask=mask)
+    check_qkv(q, k, k)
+    check_mask(xp, mask, q.shape[:-2])
+    out_dtype, dtype = compute_dtype(xp, q, k)
+    q, k = xp.astype(q, dtype), xp.astype(k, dtype)
+    n = q.shape[-3]
+    if n == 0:
+        return xp.zeros((*q.shape[:-3], q.shape[-2], 0, 0), dtype=out_dtype, device=device_of(q))
+
+    allowed = xp.ones((n, n), dtype=xp.bool, device=device_of(q))  # [T(t), T(s)]: s in S(t)
+    if causal:
+        positions = xp.arange(n, device=device_of(q))
+        allowed = positions[:, None] >= positions[None, :]
+    if mask is not None:
+        allowed = allowed & mask[..., None, :] & mask[..., :, None]  # [..., T, T]
+    allowed = allowed[..., None, None, :, :]  # [..., 1, 1, T, T]
+
+    p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
+    keys = xp.moveaxis(k, -3, -1)[..., None, :]  # [..., H, L, 1, T(s)]
+    p_key_given_latent = softmax(xp, xp.where(allowed, keys, -xp.inf), axis=-1)  # [..., H, L, T(t), T(s)]
+    p_latent = xp.moveaxis(p_latent_given_query, -3, -1)[..., None]  # [..., H, L, T(t), 1]
+    a = xp.sum(p_latent * p_key_given_latent, axis=-3)  # [..., H, T(t), T(s)]
+    return xp.astype(a, out_dtype)
+
+
+def definition(q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None = None) -> Array:
+    r"""Latte from its definition: :math:`y_t = \sum_s p(s \mid t)\, v_s` with the O(T²) matrix of :func:`attention_matrix`.
+
+    Parameters
+    ----------
+    q, k : array, shape (..., T, H, L)
+    v : array, shape (..., T, H, D)
+    causal : bool
+    mask : bool array, shape (..., T), optional
+
+    Returns
+    -------
+    y : array, shape (..., T, H, D)
+
+    Examples
+    --------
+    >>> import numpy as np, latte_ref
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 6, 2, 4))
+    >>> bool(np.allclose(latte_ref.definition(q, k, v, causal=False), latte_ref.bidirectional(q, k, v)))
+    True
+    """
+    xp = namespace_of(q=q, k=k, v=v, mask=mask)
+    check_qkv(q, k, v)
+    out_dtype, dtype = compute_dtype(xp, q, k, v)
+    a = attention_matrix(xp.astype(q, dtype), xp.astype(k, dtype), causal=causal, mask=mask)  # [..., H, T, T]
+    v = xp.astype(v, dtype)
+    if mask is not None:
+        v = xp.where(mask[..., None, None], v, xp.zeros_like(v))  # a padded value is never read
+    y = a @ xp.moveaxis(v, -3, -2)  # [..., H, T, D]
+    return xp.astype(xp.moveaxis(y, -2, -3), out_dtype)

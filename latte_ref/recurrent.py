@@ -1,0 +1,141 @@
+"""Causal Latte as a recurrence: constant time and memory per token."""
+
+from __future__ import annotations
+
+from ._array import (
+    Array,
+    check_mask,
+    check_qkv,
+    compute_dtype,
+    device_of,
+    finite_or_zero,
+    mask_keys_and_values,
+    namespace_of,
+    safe_divide,
+    softmax,
+)
+from .state import LatteState, check_state, init_state
+
+__all__ = ["step", "recurrent"]
+
+
+def step(
+    q_t: Array, k_t: Array, v_t: Array, state: LatteState | None, *, mask_t: Array | None = None
+) -> tuple[Array, LatteState]:
+    r"""One token of causal Latte: update the state with token t, then read it with p(l | t).
+
+    .. math::
+
+        m_t = \max(m_{t-1}, k_t), \quad
+        a_t = a_{t-1} e^{m_{t-1} - m_t} + e^{k_t - m_t}, \quad
+        S_t = S_{t-1} e^{m_{t-1} - m_t} + e^{k_t - m_t} v_t, \quad
+        y_t = \sum_l p(l \mid t)\, S_{t,l} / a_{t,l}
+
+    The cost does not depend on t: the whole history lives in the (H, L, D) state.
+
+    Parameters
+    ----------
+    q_t, k_t : array, shape (..., H, L)
+        Latent logits of token t.
+    v_t : array, shape (..., H, D)
+        Value of token t.
+    state : LatteState or None
+        The state after tokens < t; ``None`` is an empty history.
+    mask_t : bool array, shape (...), optional
+        False marks token t as padding: the state is returned unchanged and y_t is 0.
+
+    Returns
+    -------
+    y_t : array, shape (..., H, D)
+        In the promoted dtype of the inputs (16-bit inputs are computed in float32).
+    state : LatteState
+        The state after token t, in the computation dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, latte_ref
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 2, 4))   # H=2, L=D=4
+    >>> y, state = latte_ref.step(q, k, v, None)
+    >>> y.shape, state.numerator.shape
+    ((2, 4), (2, 4, 4))
+    """
+    xp = namespace_of(q_t=q_t, k_t=k_t, v_t=v_t, mask_t=mask_t)
+    check_qkv(q_t, k_t, v_t, time_axis=False)
+    check_mask(xp, mask_t, q_t.shape[:-2], name="mask_t")
+    out_dtype, dtype = compute_dtype(xp, q_t, k_t, v_t)
+    q_t, k_t, v_t = (xp.astype(a, dtype) for a in (q_t, k_t, v_t))
+    if state is None:
+        state = init_state(q_t.shape[:-2], q_t.shape[-2], q_t.shape[-1], v_t.shape[-1], xp=xp, dtype=dtype, device=device_of(q_t))
+    else:
+        state = check_state(xp, state, q_t, v_t, dtype, time_axis=False)
+    if mask_t is not None:
+        # A padded token is a key of weight exp(-inf) = 0: the update below leaves the state as it is.
+        k_t, v_t = mask_keys_and_values(xp, mask_t, k_t, v_t)
+
+    running_max = xp.maximum(state.running_max, k_t)  # [..., H, L]
+    shift = finite_or_zero(xp, running_max)
+    decay = xp.exp(state.running_max - shift)  # [..., H, L], <= 1
+    weight = xp.exp(k_t - shift)  # [..., H, L]
+    state = LatteState(
+        running_max=running_max,
+        normaliser=state.normaliser * decay + weight,
+        numerator=state.numerator * decay[..., None] + weight[..., None] * v_t[..., None, :],  # [..., H, L, D]
+    )
+
+    p_latent_given_query = softmax(xp, q_t, axis=-1)  # [..., H, L]
+    read = safe_divide(xp, p_latent_given_query, state.normaliser)  # p(l | t) / a_t
+    y_t = (read[..., None, :] @ state.numerator)[..., 0, :]  # [..., H, 1, L] @ [..., H, L, D] -> [..., H, D]
+    if mask_t is not None:
+        y_t = xp.where(mask_t[..., None, None], y_t, xp.zeros_like(y_t))
+    return xp.astype(y_t, out_dtype), state
+
+
+def recurrent(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mask: Array | None = None,
+    state: LatteState | None = None,
+    return_state: bool = False,
+) -> Array | tuple[Array, LatteState]:
+    """Causal latent attention as an explicit scan of :func:`step` over the T tokens.
+
+    The slowest form and the most literal: it is what generation runs, one token
+    at a time, and what :func:`latte_ref.causal` evaluates a chunk at a time.
+
+    Parameters
+    ----------
+    q, k : array, shape (..., T, H, L)
+    v : array, shape (..., T, H, D)
+    mask : bool array, shape (..., T), optional
+    state : LatteState, optional
+        The state after the preceding tokens (an empty history when omitted).
+    return_state : bool
+        Also return the state after the last token.
+
+    Returns
+    -------
+    y : array, shape (..., T, H, D), and the final state when ``return_state``.
+
+    Examples
+    --------
+    >>> import numpy as np, latte_ref
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 7, 2, 4))
+    >>> latte_ref.recurrent(q, k, v).shape
+    (7, 2, 4)
+    """
+    xp = namespace_of(q=q, k=k, v=v, mask=mask)
+    check_qkv(q, k, v)
+    check_mask(xp, mask, q.shape[:-2])
+    out_dtype, _ = compute_dtype(xp, q, k, v)
+    outputs = []
+    for t in range(q.shape[-3]):
+        mask_t = None if mask is None else mask[..., t]
+        y_t, state = step(q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state, mask_t=mask_t)
+        outputs.append(y_t)
+    if state is None:  # T = 0 and no state given
+        _, dtype = compute_dtype(xp, q, k, v)
+        state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
+    y = xp.stack(outputs, axis=-3) if outputs else xp.zeros_like(v, dtype=out_dtype)
+    return (y, state) if return_state else y

@@ -1,0 +1,149 @@
+"""The causal Latte state and its associative merge.
+
+For a segment of tokens s = s0..s1 and each latent l of each head, the state holds
+
+    running_max[l] = m_l = max_s k[s, l]
+    normaliser[l]  = a_l = sum_s exp(k[s, l] - m_l)
+    numerator[l]   = S_l = sum_s exp(k[s, l] - m_l) v[s]          (a D-vector)
+
+so that S_l / a_l = sum_s p(s | l) v[s] is the latent's summary of the values. An empty
+segment has m = -inf, a = 0, S = 0. Shapes, with ``...`` the batch axes:
+
+    running_max  (..., H, L)
+    normaliser   (..., H, L)
+    numerator    (..., H, L, D)
+
+The state is kept in the computation dtype (float32 for 16-bit inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ._array import Array, finite_or_zero, namespace_of, safe_divide
+
+__all__ = ["LatteState", "init_state", "combine", "summarise", "read_out", "check_state"]
+
+
+class LatteState(NamedTuple):
+    """Recurrent state of causal Latte: per latent, a running max, normaliser and numerator.
+
+    Attributes
+    ----------
+    running_max : array, shape (..., H, L)
+        ``m = max_s k[s, l]`` over the tokens seen; ``-inf`` before any token.
+    normaliser : array, shape (..., H, L)
+        ``a = sum_s exp(k[s, l] - m)``.
+    numerator : array, shape (..., H, L, D)
+        ``S = sum_s exp(k[s, l] - m) v[s]``.
+
+    Being a ``NamedTuple``, it is a pytree in JAX and can cross ``jax.jit``.
+    """
+
+    running_max: Array
+    normaliser: Array
+    numerator: Array
+
+
+def init_state(
+    batch_shape: tuple[int, ...],
+    n_heads: int,
+    n_latents: int,
+    head_dim: int,
+    *,
+    xp: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+) -> LatteState:
+    """The state of an empty history: ``m = -inf``, ``a = 0``, ``S = 0``.
+
+    Parameters
+    ----------
+    batch_shape : tuple of int
+        The leading axes ``...``.
+    n_heads, n_latents, head_dim : int
+        H, L (latents per head) and D (value dimension per head).
+    xp : namespace, optional
+        Array namespace of the state; NumPy when omitted.
+    dtype, device : optional
+        Floating dtype (the namespace's default when omitted) and device.
+
+    Examples
+    --------
+    >>> import latte_ref
+    >>> s = latte_ref.init_state((2,), n_heads=4, n_latents=3, head_dim=5)
+    >>> s.running_max.shape, s.numerator.shape
+    ((2, 4, 3), (2, 4, 3, 5))
+    """
+    from ._layer import resolve_namespace
+
+    xp = resolve_namespace(xp)
+    if dtype is None:
+        dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+    shape = (*batch_shape, n_heads, n_latents)
+    return LatteState(
+        running_max=xp.full(shape, -xp.inf, dtype=dtype, device=device),
+        normaliser=xp.zeros(shape, dtype=dtype, device=device),
+        numerator=xp.zeros((*shape, head_dim), dtype=dtype, device=device),
+    )
+
+
+def combine(earlier: LatteState, later: LatteState) -> LatteState:
+    """Merge the states of two consecutive segments into the state of their concatenation.
+
+    With m = max(m1, m2)::
+
+        a = a1 exp(m1 - m) + a2 exp(m2 - m)
+        S = S1 exp(m1 - m) + S2 exp(m2 - m)
+
+    The merge is associative, which lets a long sequence be reduced in pieces
+    (and in parallel); it is commutative as well, but the argument names keep
+    the order of the segments explicit.
+    """
+    xp = namespace_of(earlier=earlier.numerator, later=later.numerator)
+    running_max = xp.maximum(earlier.running_max, later.running_max)  # [..., H, L]
+    shift = finite_or_zero(xp, running_max)
+    scale_earlier = xp.exp(earlier.running_max - shift)
+    scale_later = xp.exp(later.running_max - shift)
+    return LatteState(
+        running_max=running_max,
+        normaliser=earlier.normaliser * scale_earlier + later.normaliser * scale_later,
+        numerator=earlier.numerator * scale_earlier[..., None] + later.numerator * scale_later[..., None],
+    )
+
+
+def summarise(xp: Any, k: Array, v: Array) -> LatteState:
+    """The state of a whole segment at once, from masked keys (``-inf`` for padding).
+
+    k: (..., T, H, L), v: (..., T, H, D) -> state of the T tokens.
+    """
+    running_max = xp.max(k, axis=-3)  # [..., H, L]
+    weights = xp.exp(k - finite_or_zero(xp, running_max)[..., None, :, :])  # [..., T, H, L]
+    weights_hlt = xp.moveaxis(weights, -3, -1)  # [..., H, L, T]
+    v_htd = xp.moveaxis(v, -3, -2)  # [..., H, T, D]
+    return LatteState(running_max, xp.sum(weights, axis=-3), weights_hlt @ v_htd)
+
+
+def read_out(xp: Any, p_latent_given_query: Array, state: LatteState) -> Array:
+    """``y[t] = sum_l p(l | t) S_l / a_l``: queries (..., T, H, L) read against one state -> (..., T, H, D)."""
+    latent_values = safe_divide(xp, state.numerator, state.normaliser[..., None])  # [..., H, L, D]
+    p_hlt = xp.moveaxis(p_latent_given_query, -3, -2)  # [..., H, T, L]
+    return xp.moveaxis(p_hlt @ latent_values, -2, -3)  # [..., T, H, D]
+
+
+def check_state(xp: Any, state: LatteState, q: Array, v: Array, dtype: Any, *, time_axis: bool = True) -> LatteState:
+    """Check a caller's state against q (..., [T,] H, L) and v (..., [T,] H, D); return it in ``dtype``."""
+    if not isinstance(state, LatteState):
+        raise TypeError(f"state must be a LatteState (or None), got {type(state).__name__}")
+    lead = q.shape[:-3] if time_axis else q.shape[:-2]
+    expected = (*lead, q.shape[-2], q.shape[-1])
+    for name, a, shape in (
+        ("running_max", state.running_max, expected),
+        ("normaliser", state.normaliser, expected),
+        ("numerator", state.numerator, (*expected, v.shape[-1])),
+    ):
+        if tuple(a.shape) != tuple(shape):
+            raise ValueError(f"state.{name} must have shape {tuple(shape)} for these inputs, got {tuple(a.shape)}")
+        if not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(f"state.{name} must be real floating-point, got {a.dtype}")
+    return LatteState(*(xp.astype(a, dtype) for a in state))
