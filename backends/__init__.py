@@ -1,0 +1,74 @@
+"""Everything that knows a framework, one small adapter module per framework.
+
+Installed as ``latte_ref.backends``. The core (``latte_ref``) never imports a
+framework; these adapters import theirs lazily, on first use, so that listing
+the backends costs nothing for frameworks that are not installed.
+
+Each adapter answers the same questions (see :class:`Backend`): is the framework
+installed and usable here (and why not), which devices and dtypes it has, how to
+make an array from NumPy on a device and dtype, how to wait for a result, and how
+to bring a result back to NumPy.
+
+Examples
+--------
+>>> from latte_ref import backends
+>>> "numpy" in backends.available_backends()
+True
+>>> b = backends.get_backend("numpy")
+>>> x = b.asarray([[1.0, 2.0]], dtype="float32")
+>>> x.dtype.name, b.to_numpy(x).shape
+('float32', (1, 2))
+"""
+
+from __future__ import annotations
+
+from ._base import Backend, Unavailable
+from .array_api_strict import ArrayApiStrictBackend
+from .cupy import CupyBackend
+from .dask import DaskBackend
+from .jax import JaxBackend
+from .numpy import NumpyBackend
+from .torch import TorchBackend
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Unavailable",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+]
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        NumpyBackend(),
+        ArrayApiStrictBackend(),
+        TorchBackend(),
+        JaxBackend(),
+        CupyBackend(),
+        DaskBackend(),
+    )
+}
+"""Every known backend by name, installed or not."""
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (one of :data:`BACKENDS`); a ``ValueError`` lists the known names."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def available_backends() -> dict[str, Backend]:
+    """The backends that are installed and can make arrays here, by name."""
+    return {name: b for name, b in BACKENDS.items() if b.unavailable_reason() is None}
+
+
+def backend_of(x: object) -> Backend:
+    """The backend whose arrays ``x`` is one of."""
+    for b in BACKENDS.values():
+        if b.owns(x):
+            return b
+    raise TypeError(f"no backend handles arrays of type {type(x).__module__}.{type(x).__name__}")

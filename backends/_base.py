@@ -1,0 +1,98 @@
+"""The adapter interface that every framework module implements."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DTYPE_NAMES", "Backend", "Unavailable"]
+
+DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
+"""Floating dtypes by name, most precise first; a backend offers the subset it has."""
+
+
+class Unavailable(RuntimeError):
+    """Raised when a backend that is not usable here is asked for arrays."""
+
+
+class Backend:
+    """One framework, seen from latte-ref. Subclasses fill in the framework-specific parts.
+
+    Attributes
+    ----------
+    name : str
+        Name used on the command line and in test ids.
+    module : str
+        The top-level module to import.
+    """
+
+    name: str = ""
+    module: str = ""
+
+    # -- availability -----------------------------------------------------------------
+    @cache  # noqa: B019 - backends are module-level singletons
+    def unavailable_reason(self) -> str | None:
+        """``None`` when this backend can make arrays here, else why not."""
+        try:
+            self.framework()
+        except ImportError as exc:
+            return f"{self.module} is not installed ({exc})"
+        return self._probe()
+
+    def _probe(self) -> str | None:
+        """Framework-specific check that arrays can be made (e.g. a GPU for CuPy)."""
+        return None
+
+    def framework(self) -> ModuleType:
+        """The framework's module, imported on first use."""
+        return importlib.import_module(self.module)
+
+    def require(self) -> None:
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise Unavailable(f"backend {self.name!r} is unavailable: {reason}")
+
+    # -- what it has ---------------------------------------------------------------------
+    def namespace(self) -> Any:
+        """The Array-API namespace of this backend's arrays."""
+        from array_api_compat import array_namespace
+
+        return array_namespace(self.asarray(np.zeros(1), dtype="float32"))
+
+    def devices(self) -> list[Any]:
+        """Devices arrays can be made on; the first is the default."""
+        return ["cpu"]
+
+    def dtypes(self, device: Any = None) -> list[str]:
+        """Floating dtype names this backend computes in (from :data:`DTYPE_NAMES`)."""
+        return ["float64", "float32", "float16"]
+
+    def dtype(self, name: str) -> Any:
+        """The framework's dtype object for a name (``"bool"``, ``"int64"`` or one of :data:`DTYPE_NAMES`)."""
+        if name in DTYPE_NAMES and name not in self.dtypes():
+            raise ValueError(f"backend {self.name!r} has no dtype {name!r}; it has {self.dtypes()}")
+        return getattr(self.framework(), name)
+
+    # -- arrays ----------------------------------------------------------------------------
+    def asarray(self, x: Any, *, dtype: str | None = None, device: Any = None) -> Any:
+        """A new array of this backend from ``x`` (NumPy or nested lists), in the dtype named, on ``device``."""
+        raise NotImplementedError
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A NumPy copy of ``x`` (16-bit floats come back as float32 where NumPy has no such dtype)."""
+        raise NotImplementedError
+
+    def synchronize(self, x: Any) -> Any:
+        """Wait until ``x`` is computed (for timing); returns ``x`` (Dask: the computed array)."""
+        return x
+
+    def owns(self, x: Any) -> bool:
+        """Whether ``x`` is an array of this backend (without importing the framework)."""
+        return type(x).__module__.split(".")[0] == self.module.split(".")[0]
+
+    def __repr__(self) -> str:
+        return f"<latte_ref backend {self.name!r}>"

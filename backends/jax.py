@@ -1,0 +1,60 @@
+"""JAX: its CPU (and GPU, where installed) devices; float64 only with ``jax_enable_x64``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._base import Backend
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    module = "jax"
+
+    def framework(self) -> Any:
+        import jax.numpy as jnp
+
+        return jnp
+
+    def x64_enabled(self) -> bool:
+        import jax
+
+        return bool(jax.config.jax_enable_x64)
+
+    def devices(self) -> list[Any]:
+        import jax
+
+        return list(jax.devices())
+
+    def dtypes(self, device: Any = None) -> list[str]:
+        wide = ["float64"] if self.x64_enabled() else []
+        return [*wide, "float32", "float16", "bfloat16"]
+
+    def dtype(self, name: str) -> Any:
+        if name == "float64" and not self.x64_enabled():
+            raise ValueError(
+                "float64 on JAX needs x64 mode (jax.config.update('jax_enable_x64', True));"
+                " without it JAX would silently compute in float32"
+            )
+        return super().dtype(name)
+
+    def asarray(self, x: Any, *, dtype: str | None = None, device: Any = None) -> Any:
+        import jax
+
+        x = np.asarray(x)
+        array = self.framework().asarray(x, dtype=self.dtype(dtype or x.dtype.name))
+        return jax.device_put(array, device) if device is not None else array
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        jnp = self.framework()
+        if x.dtype == jnp.bfloat16:
+            x = x.astype(jnp.float32)
+        return np.array(x, copy=True)
+
+    def synchronize(self, x: Any) -> Any:
+        return x.block_until_ready()
+
+    def owns(self, x: Any) -> bool:
+        return type(x).__module__.split(".")[0] in ("jax", "jaxlib")
