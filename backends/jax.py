@@ -23,6 +23,12 @@ class JaxBackend(Backend):
 
         return bool(jax.config.jax_enable_x64)
 
+    def enable_x64(self) -> None:
+        """Turn on float64 (JAX computes in float32 unless asked); affects the whole process."""
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
     def devices(self) -> list[Any]:
         import jax
 

@@ -1,0 +1,52 @@
+"""Every public function also runs under jax.jit, with the results of eager execution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import random_qkv
+
+import latte_ref
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+
+@pytest.fixture
+def inputs():
+    q, k, v = random_qkv(np.random.default_rng(11), (2,), 9, 2, 3, 4)
+    mask = np.ones((2, 9), dtype=bool)
+    mask[1, 6:] = False
+    return [jnp.asarray(a) for a in (q, k, v, mask)]
+
+
+CALLS = {
+    "bidirectional": lambda q, k, v, m: latte_ref.bidirectional(q, k, v, mask=m),
+    "causal": lambda q, k, v, m: latte_ref.causal(q, k, v, mask=m, chunk_size=4, return_state=True),
+    "recurrent": lambda q, k, v, m: latte_ref.recurrent(q, k, v, mask=m, return_state=True),
+    "step": lambda q, k, v, m: latte_ref.step(q[:, 0], k[:, 0], v[:, 0], None, mask_t=m[:, 0]),
+    "definition": lambda q, k, v, m: latte_ref.definition(q, k, v, causal=True, mask=m),
+    "attention_matrix": lambda q, k, v, m: latte_ref.attention_matrix(q, k, causal=False, mask=m),
+    "combine": lambda q, k, v, m: latte_ref.combine(
+        latte_ref.causal(q[:, :4], k[:, :4], v[:, :4], return_state=True)[1],
+        latte_ref.causal(q[:, 4:], k[:, 4:], v[:, 4:], return_state=True)[1],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_jit_matches_eager(inputs, name):
+    eager = jax.tree_util.tree_leaves(CALLS[name](*inputs))
+    jitted = jax.tree_util.tree_leaves(jax.jit(CALLS[name])(*inputs))
+    assert len(eager) == len(jitted)
+    for a, b in zip(eager, jitted):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_under_jit(causal):
+    params = latte_ref.init_params(8, 6, 2, xp=jnp, dtype=jnp.float64)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 8)))
+    eager = latte_ref.latte_attention(x, params, causal=causal)
+    jitted = jax.jit(lambda x: latte_ref.latte_attention(x, params, causal=causal))(x)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-12, atol=1e-14)
