@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| / max(|expected|, tiny): the metric of the tolerances above."""
     scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-30)
