@@ -1,0 +1,133 @@
+"""Every ```python block of README.md and docs/**/*.md runs, page by page, in order.
+
+The blocks of one page share a namespace, so a later block may use the names of an
+earlier one. A block is skipped, with the reason shown, when the line before its
+fence is ``<!-- skip: reason -->`` or when it imports a framework that is not
+installed (or, for CuPy, has no GPU here).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from latte_ref import backends
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = re.compile(r"^<!--\s*skip:\s*(?P<reason>.+?)\s*-->$")
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
+IMPORT = re.compile(r"^\s*(?:import|from)\s+(?P<module>[A-Za-z_][\w]*)", re.MULTILINE)
+
+# Top-level module imported by a block -> the backend that must be usable for it to run.
+FRAMEWORKS = {"torch": "torch", "jax": "jax", "cupy": "cupy", "dask": "dask", "array_api_strict": "array_api_strict"}
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    line: int
+    code: str
+    skip: str | None
+
+
+def pages() -> list[Path]:
+    found = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [p for p in found if p.is_file()]
+
+
+def python_blocks(text: str, page: str) -> list[Block]:
+    """The ```python blocks of a Markdown text, with the skip reason a comment line before them gives."""
+    blocks = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        match = FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        indent, fence, info = match["indent"], match["fence"], match["info"]
+        end = i + 1
+        while end < len(lines) and not lines[end].strip().startswith(fence):
+            end += 1
+        if info in ("python", "py"):
+            previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            skip = SKIP.match(previous)
+            body = [line[len(indent):] if line.startswith(indent) else line for line in lines[i + 1 : end]]
+            blocks.append(Block(page, i + 1, "\n".join(body) + "\n", skip["reason"] if skip else None))
+        i = end + 1
+    return blocks
+
+
+def missing_framework(code: str) -> str | None:
+    """Why a block cannot run here: the first framework it imports that is unusable, else ``None``."""
+    for module in IMPORT.findall(code):
+        name = FRAMEWORKS.get(module)
+        if name is not None:
+            reason = backends.get_backend(name).unavailable_reason()
+            if reason is not None:
+                return f"{name} is unavailable: {reason}"
+    return None
+
+
+PAGES = pages()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = str(page.relative_to(ROOT))
+    blocks = python_blocks(page.read_text(encoding="utf-8"), name)
+    if not blocks:
+        pytest.skip(f"{name} has no python blocks")
+    monkeypatch.chdir(tmp_path)  # files a block writes land in a scratch folder
+    namespace: dict[str, object] = {"__name__": f"docs:{name}"}
+    skipped = []
+    for block in blocks:
+        reason = block.skip or missing_framework(block.code)
+        if reason is not None:
+            skipped.append(f"line {block.line}: {reason}")
+            continue
+        code = compile(block.code, f"{name}:{block.line}", "exec")
+        exec(code, namespace)
+    if skipped and len(skipped) == len(blocks):
+        pytest.skip(f"{name}: every block skipped ({'; '.join(skipped)})")
+    for reason in skipped:
+        # A partly skipped page still passes; say what was not run.
+        print(f"{name} {reason}", file=sys.stderr)
+
+
+def test_parser_reads_skips_and_indented_blocks() -> None:
+    text = "\n".join([
+        "# t",
+        "```python",
+        "a = 1",
+        "```",
+        "<!-- skip: needs an NVIDIA GPU -->",
+        "```python",
+        "import cupy",
+        "```",
+        "```bash",
+        "echo no",
+        "```",
+        "=== \"tab\"",
+        "",
+        "    ```python",
+        "    b = a + 1",
+        "    ```",
+    ])
+    blocks = python_blocks(text, "t.md")
+    assert [(b.code, b.skip) for b in blocks] == [
+        ("a = 1\n", None),
+        ("import cupy\n", "needs an NVIDIA GPU"),
+        ("b = a + 1\n", None),
+    ]
+
+
+def test_missing_framework_names_it() -> None:
+    assert missing_framework("import numpy as np\nimport latte_ref\n") is None
+    reason = missing_framework("import cupy as cp\n")
+    usable = backends.get_backend("cupy").unavailable_reason() is None
+    assert (reason is None) == usable
