@@ -257,7 +257,9 @@ def plot_example(ex: WorkedExample, path: str) -> None:
                 ax.text(s, t, f"{matrix[t, s]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if matrix[t, s] < 0.5 else "black")
     fig.colorbar(image, ax=axes, shrink=0.6, label="p(s | t)")
-    fig.suptitle(f"p(s | t) on the same {len(labels)} tokens: Latte with L={ex.q.shape[1]} latents vs softmax attention")
+    n_latents = ex.q.shape[1]
+    latents = f"L={n_latents} latent" + ("" if n_latents == 1 else "s")
+    fig.suptitle(f"p(s | t) on the same {len(labels)} tokens: Latte with {latents} vs softmax attention")
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
