@@ -105,7 +105,10 @@ def p_key_given_latent(k: np.ndarray, *, causal: bool) -> np.ndarray:
 
 
 def softmax_attention(q: np.ndarray, k: np.ndarray, *, causal: bool) -> np.ndarray:
-    r"""Standard attention on the same vectors: :math:`\operatorname{softmax}_s(q_t \cdot k_s / \sqrt{L})`; -> (T, T)."""
+    r"""Standard attention on the same vectors, :math:`\operatorname{softmax}_s(q_t \cdot k_s / \sqrt{L})`.
+
+    q, k: (T, L) -> (T(t), T(s)); with ``causal`` the keys s > t get probability 0.
+    """
     scores = q @ k.T / math.sqrt(q.shape[-1])  # [T(t), T(s)]
     if causal:
         scores = np.where(np.tril(np.ones(scores.shape, dtype=bool)), scores, -np.inf)
@@ -203,11 +206,15 @@ def format_example(ex: WorkedExample) -> str:
         _table(ex.y_causal, tokens, dims),
         "",
         "checks, max |difference|:",
-        f"  factor product vs latte_ref.attention_matrix, bidirectional  {_max_diff(bidirectional_product, ex.attention_bidirectional):.1e}",
-        f"  factor product vs latte_ref.attention_matrix, causal         {_max_diff(causal_product, ex.attention_causal):.1e}",
-        f"  matrix @ v vs latte_ref.bidirectional                        {_max_diff(ex.attention_bidirectional @ ex.v, ex.y_bidirectional):.1e}",
-        f"  matrix @ v vs latte_ref.causal                               {_max_diff(ex.attention_causal @ ex.v, ex.y_causal):.1e}",
     ]
+    checks = [
+        ("factor product vs latte_ref.attention_matrix, bidirectional", bidirectional_product,
+         ex.attention_bidirectional),
+        ("factor product vs latte_ref.attention_matrix, causal", causal_product, ex.attention_causal),
+        ("matrix @ v vs latte_ref.bidirectional", ex.attention_bidirectional @ ex.v, ex.y_bidirectional),
+        ("matrix @ v vs latte_ref.causal", ex.attention_causal @ ex.v, ex.y_causal),
+    ]
+    parts += [f"  {label:<62}{_max_diff(a, b):.1e}" for label, a, b in checks]
     return "\n".join(parts)
 
 
