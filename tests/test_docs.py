@@ -167,3 +167,15 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert (site / "assets" / "mathjax" / "tex-svg.js").is_file()
     assert (site / "images" / "explain.png").is_file()
+
+
+def test_sphinx_math_and_roles_become_markdown() -> None:
+    pytest.importorskip("griffe")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_sphinx_roles", ROOT / "tools" / "griffe_sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "Sum.\n\n.. math::\n\n    a = b\n    c = d\n\nSee :class:`~x.Y` and :math:`t`.\n"
+    assert module.to_markdown(text) == "Sum.\n\n$$\na = b\nc = d\n$$\n\nSee `x.Y` and $t$.\n"
