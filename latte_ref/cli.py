@@ -14,6 +14,7 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, str] = {
     "check": "latte_ref.commands.check",
+    "explain": "latte_ref.commands.explain",
 }
 """Subcommand name -> module."""
 
