@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 __all__ = ["causal", "step"]
@@ -49,6 +50,14 @@ def _update(carry: tuple[Any, Any, Any], token: tuple[Any, Any, Any, Any]) -> tu
     return (m_new, a, s), y_t
 
 
+@cache
+def _compiled() -> dict[str, Any]:
+    """The jitted scan and step, made on first use (compiled once per shape and dtype)."""
+    import jax
+
+    return {"scan": jax.jit(lambda carry, tokens: jax.lax.scan(_update, carry, tokens)), "update": jax.jit(_update)}
+
+
 def _empty_state(k_t: Any, d: int, dtype: Any) -> tuple[Any, Any, Any]:
     import jax.numpy as jnp
 
@@ -71,15 +80,22 @@ def causal(q: Any, k: Any, v: Any, *, mask: Any = None, state: Any = None, retur
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
     if mask is None:
         mask = jnp.ones(q.shape[:-2], dtype=bool)
-    carry = _empty_state(k[..., 0, :, :], v.shape[-1], dtype) if state is None else tuple(jnp.asarray(x, dtype) for x in state)
-    tokens = tuple(jnp.moveaxis(x, -3, 0) for x in (jax.nn.softmax(q, axis=-1), k, v)) + (jnp.moveaxis(mask, -1, 0),)
-    carry, y = jax.lax.scan(_update, carry, tokens)
+    carry = (
+        _empty_state(k[..., 0, :, :], v.shape[-1], dtype)
+        if state is None
+        else tuple(jnp.asarray(x, dtype) for x in state)
+    )
+    tokens = (*(jnp.moveaxis(x, -3, 0) for x in (jax.nn.softmax(q, axis=-1), k, v)), jnp.moveaxis(mask, -1, 0))
+    carry, y = _compiled()["scan"](carry, tokens)
     y = jnp.moveaxis(y, 0, -3).astype(out_dtype)
     return (y, carry) if return_state else y
 
 
 def step(q_t: Any, k_t: Any, v_t: Any, state: Any, *, mask_t: Any = None) -> tuple[Any, Any]:
-    """One token, :func:`latte_ref.step`'s contract: q_t, k_t (..., H, L), v_t (..., H, D); state ``(m, a, S)`` or None."""
+    """One token, :func:`latte_ref.step`'s contract.
+
+    q_t, k_t (..., H, L) and v_t (..., H, D) JAX arrays; state ``(m, a, S)`` or None.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -87,5 +103,5 @@ def step(q_t: Any, k_t: Any, v_t: Any, state: Any, *, mask_t: Any = None) -> tup
     q_t, k_t, v_t = q_t.astype(dtype), k_t.astype(dtype), v_t.astype(dtype)
     carry = _empty_state(k_t, v_t.shape[-1], dtype) if state is None else tuple(jnp.asarray(x, dtype) for x in state)
     real_t = jnp.ones(q_t.shape[:-2], dtype=bool) if mask_t is None else mask_t
-    carry, y_t = _update(carry, (jax.nn.softmax(q_t, axis=-1), k_t, v_t, real_t))
+    carry, y_t = _compiled()["update"](carry, (jax.nn.softmax(q_t, axis=-1), k_t, v_t, real_t))
     return y_t.astype(out_dtype), carry

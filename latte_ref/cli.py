@@ -14,6 +14,7 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, str] = {
     "check": "latte_ref.commands.check",
+    "validate": "latte_ref.commands.validate",
 }
 """Subcommand name -> module."""
 

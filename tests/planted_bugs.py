@@ -85,7 +85,9 @@ def global_max(q, k, v):
 
 def state_not_rescaled(q_t, k_t, v_t, state, mask_t=None):
     """A ``step`` that moves the max forward without rescaling the normaliser and numerator."""
-    y, state = _recurrence(q_t[..., None, :, :], k_t[..., None, :, :], v_t[..., None, :, :], rescale=False, state=state, return_state=True)
+    y, state = _recurrence(
+        q_t[..., None, :, :], k_t[..., None, :, :], v_t[..., None, :, :], rescale=False, state=state, return_state=True
+    )
     return y[..., 0, :, :], state
 
 

@@ -56,8 +56,7 @@ class ValidationCase:
     @property
     def shape(self) -> str:
         """``batch x T x H x L x D`` as text, for the report."""
-        *batch, t, h, l = self.q.shape
-        return "x".join(str(n) for n in (*batch, t, h, l, self.v.shape[-1]))
+        return "x".join(str(n) for n in (*self.q.shape, self.v.shape[-1]))
 
     @property
     def n_tokens(self) -> int:
@@ -69,9 +68,11 @@ def case_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _normal(rng: np.random.Generator, batch: tuple[int, ...], t: int, h: int, l: int, d: int) -> tuple[np.ndarray, ...]:
-    q = rng.normal(size=(*batch, t, h, l))
-    k = rng.normal(size=(*batch, t, h, l))
+def _normal(
+    rng: np.random.Generator, batch: tuple[int, ...], t: int, h: int, n_latents: int, d: int
+) -> tuple[np.ndarray, ...]:
+    q = rng.normal(size=(*batch, t, h, n_latents))
+    k = rng.normal(size=(*batch, t, h, n_latents))
     v = rng.normal(size=(*batch, t, h, d))
     return q, k, v
 
@@ -79,14 +80,14 @@ def _normal(rng: np.random.Generator, batch: tuple[int, ...], t: int, h: int, l:
 Builder = Callable[[np.random.Generator], tuple[np.ndarray, ...]]
 
 
-def _shape(batch: tuple[int, ...], t: int, h: int, l: int, d: int) -> Builder:
-    return lambda rng: _normal(rng, batch, t, h, l, d)
+def _shape(batch: tuple[int, ...], t: int, h: int, n_latents: int, d: int) -> Builder:
+    return lambda rng: _normal(rng, batch, t, h, n_latents, d)
 
 
 def _large_logits(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    # exp(400) overflows float16, float32 and float64 alike: only a max-subtracted softmax survives.
+    # exp(800) overflows float16, float32 and float64 alike: only a max-subtracted softmax survives.
     q, k, v = _normal(rng, (2,), 29, 2, 4, 8)
-    return 50.0 * q, 400.0 + 20.0 * k, v
+    return 50.0 * q, 800.0 + 20.0 * k, v
 
 
 def _increasing_logits(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -112,7 +113,7 @@ def _base_builders() -> dict[str, tuple[str, Builder]]:
         "one_latent": ("L = 1: p(l | t) = 1", _shape((), 23, 2, 1, 8)),
         "large_d": ("D = 256 values per head", _shape((), 19, 2, 4, 256)),
         "batch_dims": ("two batch axes (2, 3)", _shape((2, 3), 11, 2, 3, 5)),
-        "large_logits": ("logits around 400, spread 20-50: exp overflows without a max", _large_logits),
+        "large_logits": ("keys around 800, logits spread 20-50: exp overflows without a max", _large_logits),
         "increasing_logits": ("keys growing 5 per token: a global max underflows the early tokens", _increasing_logits),
         "nearly_tied": ("logits tied up to 1e-3", _nearly_tied),
         "long": (f"a long sequence, T = {LONG_T}", _shape((), LONG_T, 2, 8, 16)),
@@ -177,13 +178,22 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
         return ValidationCase(name, seed, description, q, k, v, mask=mask)
     if name == "state_cuts":
         q, k, v = _normal(rng, (2,), 50, 2, 4, 8)
-        return ValidationCase(name, seed, "the state carried across calls cut at tokens 1, 17 and 32", q, k, v, cuts=(1, 17, 32))
+        return ValidationCase(
+            name, seed, "the state carried across calls cut at tokens 1, 17 and 32", q, k, v, cuts=(1, 17, 32)
+        )
     if name == "state_cuts_increasing":
         q, k, v = _increasing_logits(rng)
         return ValidationCase(
-            name, seed, "growing keys cut into calls: the carried state must be rescaled", q, k, v, cuts=(7, 60, 61, 120)
+            name,
+            seed,
+            "growing keys cut into calls: the carried state must be rescaled",
+            q,
+            k,
+            v,
+            cuts=(7, 60, 61, 120),
         )
-    raise ValueError(f"unknown case {name!r}; known for form {form!r}: {', '.join(case_names(form, with_mask=True, with_state=True))}")
+    known = ", ".join(case_names(form, with_mask=True, with_state=True))
+    raise ValueError(f"unknown case {name!r}; known for form {form!r}: {known}")
 
 
 def generate_cases(

@@ -39,7 +39,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FIXED_TOLERANCES", "LOGIT_SCALE", "LOW_PRECISION_FACTOR", "UNIT_ROUNDOFF", "Tolerance", "errors", "fixed_tolerance", "relative_to_baseline"]
+__all__ = [
+    "FIXED_TOLERANCES",
+    "LOGIT_SCALE",
+    "LOW_PRECISION_FACTOR",
+    "UNIT_ROUNDOFF",
+    "Tolerance",
+    "errors",
+    "fixed_tolerance",
+    "relative_to_baseline",
+]
 
 FIXED_TOLERANCES: dict[str, tuple[float, float]] = {
     "float64": (1e-10, 1e-10),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends
+from .. import backends  # type: ignore[attr-defined]  # installed from backends/ (package-dir)
 from ..bidirectional import bidirectional
 from ..causal import causal
 from ..definition import definition
@@ -109,7 +110,11 @@ class Report:
         rows = []
         for r in self.results:
             row = asdict(r)
-            row["tolerance"] = {"rel_rms": r.tolerance.rel_rms, "max_abs": r.tolerance.max_abs, "rule": r.tolerance.rule}
+            row["tolerance"] = {
+                "rel_rms": r.tolerance.rel_rms,
+                "max_abs": r.tolerance.max_abs,
+                "rule": r.tolerance.rule,
+            }
             rows.append(row)
         worst = self.worst
         return {
@@ -230,8 +235,15 @@ def validate(
     artifacts = {}
     for case in generate_cases(form, with_mask=with_mask, with_state=with_state, seed=seed, names=cases):
         result, arrays = run_case(
-            function, case, form=form, backend=chosen, device=resolved_device, dtype=dtype, layout=layout,
-            with_mask=with_mask, with_state=with_state,
+            function,
+            case,
+            form=form,
+            backend=chosen,
+            device=resolved_device,
+            dtype=dtype,
+            layout=layout,
+            with_mask=with_mask,
+            with_state=with_state,
         )
         report.results.append(result)
         artifacts[case.name] = arrays
@@ -336,7 +348,7 @@ def call_candidate(
     bounds = [0, *cuts, q.shape[-3]]
     outputs = []
     state = None
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, stop in itertools.pairwise(bounds):
         pieces = [_to_layout(xp, a[..., start:stop, :, :], layout) for a in (q, k, v)]
         kwargs: dict[str, Any] = {}
         if mask is not None:
@@ -403,18 +415,31 @@ def _save_worst(worst: CaseResult, arrays: dict[str, np.ndarray], settings: dict
     directory = tempfile.gettempdir() if save_dir is None else os.fspath(save_dir)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"latte-validate-{settings['form']}-{worst.name}-seed{settings['seed']}.npz")
-    np.savez(path, **arrays, case=np.array(worst.name), settings=np.array(json.dumps(settings)))
+    contents: dict[str, Any] = {**arrays, "case": np.array(worst.name), "settings": np.array(json.dumps(settings))}
+    np.savez(path, **contents)
     return path
 
 
 def _reproduce_command(settings: dict[str, Any], case_name: str) -> str:
     parts = [
-        "latte-ref validate", settings["candidate"], "--form", settings["form"], "--backend", settings["backend"],
-        "--dtype", settings["dtype"], "--seed", str(settings["seed"]), "--case", case_name,
+        "latte-ref validate",
+        settings["candidate"],
+        "--form",
+        settings["form"],
+        "--backend",
+        settings["backend"],
+        "--dtype",
+        settings["dtype"],
+        "--seed",
+        str(settings["seed"]),
+        "--case",
+        case_name,
     ]
     if settings["device"] not in ("cpu", "None"):
         parts += ["--device", settings["device"]]
     if settings["layout"] != "BTHD":
         parts += ["--layout", settings["layout"]]
-    parts += [flag for flag, on in (("--with-mask", settings["with_mask"]), ("--with-state", settings["with_state"])) if on]
+    parts += [
+        flag for flag, on in (("--with-mask", settings["with_mask"]), ("--with-state", settings["with_state"])) if on
+    ]
     return " ".join(parts)
