@@ -406,9 +406,9 @@ def _resolve_device(backend: backends.Backend, device: Any) -> Any:
 def _spec_of(candidate: Callable[..., Any]) -> str:
     module = getattr(candidate, "__module__", None)
     name = getattr(candidate, "__qualname__", None)
-    if module and name and "<" not in name:
+    if module and name and "<" not in name and module != "__main__":
         return f"{module}:{name}"
-    return "MODULE:FUNCTION"
+    return f"MODULE:{name if name and '<' not in name else 'FUNCTION'}"
 
 
 def _save_worst(worst: CaseResult, arrays: dict[str, np.ndarray], settings: dict[str, Any], save_dir: Any) -> str:
