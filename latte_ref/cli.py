@@ -15,6 +15,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, str] = {
     "check": "latte_ref.commands.check",
     "explain": "latte_ref.commands.explain",
+    "validate": "latte_ref.commands.validate",
 }
 """Subcommand name -> module."""
 

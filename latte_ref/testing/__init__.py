@@ -1,0 +1,36 @@
+"""Check another Latte implementation against latte-ref: a conformance suite in one call.
+
+:func:`validate` runs a candidate (a kernel, a port, a model's attention) through
+edge shapes, adversarial logits, padding, carried state and long sequences, and
+compares each output with the float64 reference under a written-down tolerance
+model (:mod:`latte_ref.testing.tolerance`). ``latte-ref validate`` and the pytest
+plugin (``pytest --latte-impl pkg.module:function``) run the same suite.
+
+This subpackage is part of the core: it sees arrays only through
+:mod:`latte_ref.backends` and the Array API.
+"""
+
+from __future__ import annotations
+
+from .cases import FORMS, ValidationCase, case_names, generate_cases, make_case
+from .gated_linear import gated_linear_attention
+from .tolerance import FIXED_TOLERANCES, LOW_PRECISION_FACTOR, Tolerance
+from .validate import CaseResult, Report, ValidationError, assert_matches_reference, load_candidate, validate
+
+__all__ = [
+    "FIXED_TOLERANCES",
+    "FORMS",
+    "LOW_PRECISION_FACTOR",
+    "CaseResult",
+    "Report",
+    "Tolerance",
+    "ValidationCase",
+    "ValidationError",
+    "assert_matches_reference",
+    "case_names",
+    "gated_linear_attention",
+    "generate_cases",
+    "load_candidate",
+    "make_case",
+    "validate",
+]

@@ -1,0 +1,121 @@
+"""The tolerance model: how far a correct implementation may be from the float64 reference.
+
+Two metrics per case, both against the float64 reference evaluated on the *same*
+inputs as the candidate saw them (rounded to its dtype), so input rounding is never
+counted as the candidate's error:
+
+    relative RMS   ||y - y_ref||_2 / ||y_ref||_2
+    max abs        max |y - y_ref|, compared with a bound times max |v|
+
+Latte's output is a convex combination of values (every p(s | t) is a probability),
+so max |v| bounds |y| and is the natural scale of an absolute error.
+
+float64 and float32 have fixed bounds. Rounding in a correct implementation grows
+with the log-sum-exp ranges and the sequence length, not with the data's origin:
+in float32 (unit roundoff u = 6e-8) an exponential of a shifted logit of size 10
+carries ~10u relative error and a sum over 4096 tokens another ~sqrt(4096)·u, so
+~1e-6 relative RMS is what careful kernels reach and 2e-5 leaves room for
+log-space or reordered sums; a real bug (a leaked token, a wrong normaliser, a
+perturbation of 1e-3) is orders above. The float64 bounds are 1e-10, six orders
+above float64 rounding and three below float32 rounding, so a float64 request
+computed in float32 cannot pass.
+
+Both bounds grow with the logits' magnitude M = max(|q|, |k|) beyond
+:data:`LOGIT_SCALE`: a logit of size M is itself only known to u·M, so a correct
+implementation that forms ``exp(k - c)`` with ``c`` a log-normaliser rather than a
+nearby key (log-space or gated forms) loses ~u·M relative accuracy in every weight.
+The bound is multiplied by max(1, M / LOGIT_SCALE).
+
+float16 and bfloat16 are judged relative to a baseline: the error, against float64,
+of latte-ref itself run at the same precision on the same backend (which computes
+in float32 and rounds the result). A candidate may be at most
+:data:`LOW_PRECISION_FACTOR` times that error, floored at one unit roundoff so that
+a baseline that happens to be exact does not demand exactness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "FIXED_TOLERANCES",
+    "LOGIT_SCALE",
+    "LOW_PRECISION_FACTOR",
+    "UNIT_ROUNDOFF",
+    "Tolerance",
+    "errors",
+    "fixed_tolerance",
+    "relative_to_baseline",
+]
+
+FIXED_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-10, 1e-10),
+    "float32": (2e-5, 2e-5),
+}
+"""dtype -> (relative RMS bound, max-abs bound as a multiple of max |v|)."""
+
+LOGIT_SCALE = 16.0
+"""Logit magnitude up to which the fixed bounds apply unscaled."""
+
+LOW_PRECISION_FACTOR = 8.0
+"""A 16-bit candidate may be this many times less accurate than latte-ref at the same precision."""
+
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Bounds for one case: relative RMS and max abs (absolute, already scaled)."""
+
+    rel_rms: float
+    max_abs: float
+    rule: str
+
+    def passes(self, rel_rms: float, max_abs: float) -> bool:
+        return bool(rel_rms <= self.rel_rms and max_abs <= self.max_abs)
+
+    def ratio(self, rel_rms: float, max_abs: float) -> float:
+        """How far past its bound the worse metric is (> 1 fails)."""
+        return max(rel_rms / self.rel_rms, max_abs / self.max_abs)
+
+    def __str__(self) -> str:
+        return f"rms<={self.rel_rms:.1e} max<={self.max_abs:.1e}"
+
+
+def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """``(max abs error, relative RMS error)``; ``inf`` for non-finite or mis-shaped output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from latte_ref.testing.tolerance import errors
+    >>> errors(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+    (0.5, 0.1856953381770519)
+    """
+    if actual.shape != expected.shape or not np.all(np.isfinite(actual)):
+        return float("inf"), float("inf")
+    diff = actual - expected
+    max_abs = float(np.max(np.abs(diff), initial=0.0))
+    reference_norm = float(np.linalg.norm(expected.ravel()))
+    if reference_norm == 0.0:  # e.g. everything padded: any error is infinitely relative
+        return max_abs, 0.0 if max_abs == 0.0 else float("inf")
+    return max_abs, float(np.linalg.norm(diff.ravel())) / reference_norm
+
+
+def fixed_tolerance(dtype: str, value_scale: float, logit_scale: float = 0.0) -> Tolerance:
+    """The bound for float64 or float32: max abs scaled by ``value_scale`` = max |v|, both by the logits' size."""
+    rel_rms, max_abs = FIXED_TOLERANCES[dtype]
+    growth = max(1.0, logit_scale / LOGIT_SCALE)
+    return Tolerance(rel_rms * growth, max_abs * growth * max(value_scale, 1e-30), f"fixed {dtype}")
+
+
+def relative_to_baseline(dtype: str, baseline_rel_rms: float, baseline_max_abs: float, value_scale: float) -> Tolerance:
+    """The bound for float16 / bfloat16: :data:`LOW_PRECISION_FACTOR` x the baseline's errors, floored at u."""
+    u = UNIT_ROUNDOFF[dtype]
+    return Tolerance(
+        LOW_PRECISION_FACTOR * max(baseline_rel_rms, u),
+        LOW_PRECISION_FACTOR * max(baseline_max_abs, u * value_scale),
+        f"{LOW_PRECISION_FACTOR:g}x latte-ref in {dtype}",
+    )

@@ -1,0 +1,445 @@
+"""Run a candidate Latte implementation through the conformance cases and report per case."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import backends  # type: ignore[attr-defined]  # installed from backends/ (package-dir)
+from ..bidirectional import bidirectional
+from ..causal import causal
+from ..definition import definition
+from .cases import FORMS, ValidationCase, generate_cases
+from .tolerance import FIXED_TOLERANCES, Tolerance, errors, fixed_tolerance, relative_to_baseline
+
+__all__ = [
+    "CaseResult",
+    "Report",
+    "ValidationError",
+    "assert_matches_reference",
+    "load_candidate",
+    "run_case",
+    "validate",
+]
+
+DEFINITION_MAX_T = 256
+"""Up to this length the reference is the O(T²) definition; beyond, the float64 fast forms (tested against it)."""
+
+LAYOUTS = ("BTHD", "BHTD")
+
+
+class ValidationError(AssertionError):
+    """Raised by :func:`assert_matches_reference`; ``report`` holds the full :class:`Report`."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+
+@dataclass
+class CaseResult:
+    """One row of the report."""
+
+    name: str
+    shape: str
+    max_abs: float
+    rel_rms: float
+    tolerance: Tolerance
+    passed: bool
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """The worse metric over its bound (``inf`` when the candidate raised or gave a wrong shape)."""
+        return self.tolerance.ratio(self.rel_rms, self.max_abs)
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`validate`: one :class:`CaseResult` per case and the worst case's reproduction."""
+
+    settings: dict[str, Any]
+    results: list[CaseResult] = field(default_factory=list)
+    worst_npz: str | None = None
+    reproduce: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def worst(self) -> CaseResult | None:
+        """The case furthest past (or closest to) its tolerance."""
+        return max(self.results, key=lambda r: r.ratio, default=None)
+
+    def table(self) -> str:
+        header = f"{'case':<24} {'shape':<16} {'max abs':>9} {'rel rms':>9}  {'tolerance':<26} result"
+        lines = [header, "-" * len(header)]
+        for r in self.results:
+            verdict = "PASS" if r.passed else "FAIL"
+            note = f"  ({r.note})" if r.note else ""
+            lines.append(
+                f"{r.name:<24} {r.shape:<16} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26} {verdict}{note}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        s = self.settings
+        title = f"latte-ref validate: {s['candidate']} as form={s['form']} on {s['backend']}/{s['device']}/{s['dtype']}"
+        failed = sum(not r.passed for r in self.results)
+        lines = [title, self.table(), f"{len(self.results) - failed} passed, {failed} failed"]
+        worst = self.worst
+        if worst is not None:
+            lines.append(f"worst case: {worst.name} ({worst.ratio:.3g} x its tolerance)")
+        if self.worst_npz:
+            lines.append(f"its inputs: {self.worst_npz}")
+        if self.reproduce:
+            lines.append(f"reproduce: {self.reproduce}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        rows = []
+        for r in self.results:
+            row = asdict(r)
+            row["tolerance"] = {
+                "rel_rms": r.tolerance.rel_rms,
+                "max_abs": r.tolerance.max_abs,
+                "rule": r.tolerance.rule,
+            }
+            rows.append(row)
+        worst = self.worst
+        return {
+            "settings": self.settings,
+            "passed": self.passed,
+            "results": rows,
+            "worst": None if worst is None else worst.name,
+            "worst_npz": self.worst_npz,
+            "reproduce": self.reproduce,
+        }
+
+
+def load_candidate(spec: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:function"`` (``function`` may be dotted: ``Class.method``).
+
+    The current directory is importable, as it is for ``python -m``.
+
+    Examples
+    --------
+    >>> from latte_ref.testing import load_candidate
+    >>> load_candidate("latte_ref:causal").__name__
+    'causal'
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"expected 'package.module:function', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def validate(
+    candidate: Callable[..., Any] | str,
+    *,
+    form: str,
+    backend: str = "numpy",
+    device: Any = None,
+    dtype: str = "float32",
+    layout: str = "BTHD",
+    with_mask: bool = False,
+    with_state: bool = False,
+    seed: int = 0,
+    cases: list[str] | None = None,
+    save_dir: str | os.PathLike[str] | None = None,
+) -> Report:
+    """Check a Latte implementation against the float64 reference on the conformance cases.
+
+    Parameters
+    ----------
+    candidate : callable or str
+        The implementation, or ``"package.module:function"``. By ``form``:
+
+        - ``"bidirectional"``: ``candidate(q, k, v[, mask=mask]) -> y``
+        - ``"causal"``: the same; with ``with_state`` also
+          ``candidate(q, k, v, state=state, return_state=True) -> (y, state)``, where
+          ``state`` is ``None`` or what the previous call returned (any object).
+        - ``"step"``: ``candidate(q_t, k_t, v_t, state[, mask_t=mask_t]) -> (y_t, state)``,
+          :func:`latte_ref.step`'s contract, scanned over the tokens from ``state=None``.
+
+        q, k are (..., T, H, L) and v, y (..., T, H, D) (``"BHTD"``: (..., H, T, L/D));
+        mask is bool (..., T), True for a real token.
+    form : {"bidirectional", "causal", "step"}
+    backend, device, dtype : str
+        Where the candidate's inputs live (a :mod:`latte_ref.backends` name, a device of it or
+        its name, and a dtype name). The output must come back in the input dtype.
+    layout : {"BTHD", "BHTD"}
+        ``"BHTD"`` for head-first implementations; not used by ``"step"``.
+    with_mask, with_state : bool
+        Whether the candidate takes ``mask=`` (``mask_t=`` for steps), and, for ``"causal"``,
+        ``state=`` / ``return_state=``. Each adds its cases.
+    seed : int
+        Suite seed: every case is drawn from it and its name.
+    cases : list of str, optional
+        Only these cases (see :func:`latte_ref.testing.case_names`).
+    save_dir : path, optional
+        Where the worst case's inputs are written (the system's temporary directory by default).
+
+    Returns
+    -------
+    Report
+        ``report.passed``, ``report.results`` (one row per case), ``report.worst``,
+        ``report.worst_npz`` and ``report.reproduce`` (a command line).
+
+    Examples
+    --------
+    >>> import latte_ref
+    >>> from latte_ref.testing import validate
+    >>> report = validate(latte_ref.causal, form="causal", cases=["t1", "t_prime_37"])
+    >>> report.passed, [r.name for r in report.results]
+    (True, ['t1', 't_prime_37'])
+    """
+    spec = candidate if isinstance(candidate, str) else _spec_of(candidate)
+    function = load_candidate(candidate) if isinstance(candidate, str) else candidate
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    chosen = backends.get_backend(backend)
+    chosen.require()
+    resolved_device = _resolve_device(chosen, device)
+    settings = {
+        "candidate": spec,
+        "form": form,
+        "backend": backend,
+        "device": str(resolved_device if resolved_device is not None else chosen.devices()[0]),
+        "dtype": dtype,
+        "layout": layout,
+        "with_mask": with_mask,
+        "with_state": with_state,
+        "seed": seed,
+    }
+    report = Report(settings)
+    artifacts = {}
+    for case in generate_cases(form, with_mask=with_mask, with_state=with_state, seed=seed, names=cases):
+        result, arrays = run_case(
+            function,
+            case,
+            form=form,
+            backend=chosen,
+            device=resolved_device,
+            dtype=dtype,
+            layout=layout,
+            with_mask=with_mask,
+            with_state=with_state,
+        )
+        report.results.append(result)
+        artifacts[case.name] = arrays
+    worst = report.worst
+    if worst is not None:
+        report.worst_npz = _save_worst(worst, artifacts[worst.name], settings, save_dir)
+        report.reproduce = _reproduce_command(settings, worst.name)
+    return report
+
+
+def assert_matches_reference(candidate: Callable[..., Any] | str, **kwargs: Any) -> Report:
+    """:func:`validate`, raising :class:`ValidationError` (with the report as its message) unless every case passes.
+
+    Examples
+    --------
+    >>> import latte_ref
+    >>> from latte_ref.testing import assert_matches_reference
+    >>> _ = assert_matches_reference(latte_ref.bidirectional, form="bidirectional", cases=["t1"])
+    """
+    report = validate(candidate, **kwargs)
+    if not report.passed:
+        raise ValidationError(report)
+    return report
+
+
+def run_case(
+    candidate: Callable[..., Any],
+    case: ValidationCase,
+    *,
+    form: str,
+    backend: backends.Backend,
+    device: Any,
+    dtype: str,
+    layout: str = "BTHD",
+    with_mask: bool = False,
+    with_state: bool = False,
+) -> tuple[CaseResult, dict[str, np.ndarray]]:
+    """Run one case; returns its row and the arrays to save should it be the worst."""
+    q, k, v = (backend.asarray(a, dtype=dtype, device=device) for a in (case.q, case.k, case.v))
+    mask = None if case.mask is None else backend.asarray(case.mask, dtype="bool", device=device)
+    seen = tuple(_numpy(backend, a) for a in (q, k, v))  # the inputs as rounded to the dtype
+    expected = reference(case, *seen, form=form)
+    value_scale = float(np.max(np.abs(seen[2]), initial=0.0))
+    arrays = {"q": seen[0], "k": seen[1], "v": seen[2], "expected": expected}
+    if case.mask is not None:
+        arrays["mask"] = case.mask
+    if dtype in FIXED_TOLERANCES:
+        logit_scale = max(float(np.max(np.abs(a), initial=0.0)) for a in seen[:2])
+        tolerance = fixed_tolerance(dtype, value_scale, logit_scale)
+    else:
+        baseline = _numpy(backend, _latte_ref_form(form)(q, k, v, mask))
+        b_max_abs, b_rel_rms = errors(baseline, expected)
+        tolerance = relative_to_baseline(dtype, b_rel_rms, b_max_abs, value_scale)
+
+    def row(max_abs: float, rel_rms: float, note: str = "") -> CaseResult:
+        passed = not note and tolerance.passes(rel_rms, max_abs)
+        return CaseResult(case.name, case.shape, max_abs, rel_rms, tolerance, passed, note)
+
+    try:
+        y = call_candidate(candidate, form, q, k, v, mask, cuts=case.cuts, layout=layout, with_state=with_state)
+    except Exception as exc:  # a crash is a failed case, not a failed suite
+        return row(float("inf"), float("inf"), f"raised {type(exc).__name__}: {str(exc)[:120]}"), arrays
+    note = ""
+    if str(getattr(y, "dtype", None)) != str(q.dtype):
+        note = f"returned dtype {getattr(y, 'dtype', type(y))}, expected {q.dtype}"
+    actual = _numpy(backend, y)
+    arrays["actual"] = actual
+    if actual.shape != expected.shape:
+        return row(float("inf"), float("inf"), f"returned shape {actual.shape}, expected {expected.shape}"), arrays
+    max_abs, rel_rms = errors(actual, expected)
+    if not np.all(np.isfinite(actual)):
+        note = note or "non-finite output"
+    return row(max_abs, rel_rms, note), arrays
+
+
+def reference(case: ValidationCase, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, form: str) -> np.ndarray:
+    """The float64 answer for these (already rounded) inputs: the definition for short sequences."""
+    is_causal = form != "bidirectional"
+    if case.n_tokens <= DEFINITION_MAX_T:
+        return np.asarray(definition(q, k, v, causal=is_causal, mask=case.mask))
+    if is_causal:
+        return np.asarray(causal(q, k, v, mask=case.mask))
+    return np.asarray(bidirectional(q, k, v, mask=case.mask))
+
+
+def call_candidate(
+    candidate: Callable[..., Any],
+    form: str,
+    q: Any,
+    k: Any,
+    v: Any,
+    mask: Any,
+    *,
+    cuts: tuple[int, ...] = (),
+    layout: str = "BTHD",
+    with_state: bool = False,
+) -> Any:
+    """The candidate's output for the whole sequence, in (..., T, H, D), following the form's contract."""
+    xp = backends.backend_of(q).namespace()
+    if form == "step":
+        return _scan_steps(candidate, xp, q, k, v, mask)
+    bounds = [0, *cuts, q.shape[-3]]
+    outputs = []
+    state = None
+    for start, stop in itertools.pairwise(bounds):
+        pieces = [_to_layout(xp, a[..., start:stop, :, :], layout) for a in (q, k, v)]
+        kwargs: dict[str, Any] = {}
+        if mask is not None:
+            kwargs["mask"] = mask[..., start:stop]
+        if with_state and form == "causal":
+            y, state = candidate(*pieces, state=state, return_state=True, **kwargs)
+        else:
+            y = candidate(*pieces, **kwargs)
+        outputs.append(_to_layout(xp, y, layout))
+    return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-3)
+
+
+def _scan_steps(candidate: Callable[..., Any], xp: Any, q: Any, k: Any, v: Any, mask: Any) -> Any:
+    state = None
+    outputs = []
+    for t in range(q.shape[-3]):
+        kwargs = {} if mask is None else {"mask_t": mask[..., t]}
+        y_t, state = candidate(q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state, **kwargs)
+        outputs.append(y_t)
+    return xp.stack(outputs, axis=-3)
+
+
+def _to_layout(xp: Any, x: Any, layout: str) -> Any:
+    """(..., T, H, X) <-> (..., H, T, X): the swap is its own inverse."""
+    return x if layout == "BTHD" else xp.moveaxis(x, -3, -2)
+
+
+def _latte_ref_form(form: str) -> Callable[[Any, Any, Any, Any], Any]:
+    if form == "bidirectional":
+        return lambda q, k, v, mask: bidirectional(q, k, v, mask=mask)
+    return lambda q, k, v, mask: causal(q, k, v, mask=mask)
+
+
+def _numpy(backend: backends.Backend, x: Any) -> np.ndarray:
+    if backend.name == "dask":
+        x = x.compute(scheduler="sync")
+        return np.asarray(x, dtype=np.float64) if x.dtype != bool else np.asarray(x)
+    out = backend.to_numpy(x)
+    return out if out.dtype == bool else np.asarray(out, dtype=np.float64)
+
+
+def _resolve_device(backend: backends.Backend, device: Any) -> Any:
+    """A device object of the backend for a device or its name (``"cuda"``, ``"cpu"``, ``"cuda:0"``)."""
+    if device is None or not isinstance(device, str):
+        return device
+    for d in backend.devices():
+        if str(d) == device:
+            return d
+    for d in backend.devices():  # "cuda" for "cuda:0", "gpu" for a JAX "cuda:0" device, ...
+        if str(d).lower().startswith(device.lower()) or device.lower() in str(getattr(d, "platform", "")):
+            return d
+    return device
+
+
+def _spec_of(candidate: Callable[..., Any]) -> str:
+    module = getattr(candidate, "__module__", None)
+    name = getattr(candidate, "__qualname__", None)
+    if module and name and "<" not in name and module != "__main__":
+        return f"{module}:{name}"
+    return f"MODULE:{name if name and '<' not in name else 'FUNCTION'}"
+
+
+def _save_worst(worst: CaseResult, arrays: dict[str, np.ndarray], settings: dict[str, Any], save_dir: Any) -> str:
+    directory = tempfile.gettempdir() if save_dir is None else os.fspath(save_dir)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"latte-validate-{settings['form']}-{worst.name}-seed{settings['seed']}.npz")
+    contents: dict[str, Any] = {**arrays, "case": np.array(worst.name), "settings": np.array(json.dumps(settings))}
+    np.savez(path, **contents)
+    return path
+
+
+def _reproduce_command(settings: dict[str, Any], case_name: str) -> str:
+    parts = [
+        "latte-ref validate",
+        settings["candidate"],
+        "--form",
+        settings["form"],
+        "--backend",
+        settings["backend"],
+        "--dtype",
+        settings["dtype"],
+        "--seed",
+        str(settings["seed"]),
+        "--case",
+        case_name,
+    ]
+    if settings["device"] not in ("cpu", "None"):
+        parts += ["--device", settings["device"]]
+    if settings["layout"] != "BTHD":
+        parts += ["--layout", settings["layout"]]
+    parts += [
+        flag for flag, on in (("--with-mask", settings["with_mask"]), ("--with-state", settings["with_state"])) if on
+    ]
+    return " ".join(parts)

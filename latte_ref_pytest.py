@@ -1,0 +1,95 @@
+"""The pytest plugin of latte-ref: ``pytest --latte-impl pkg.module:function --latte-form causal``.
+
+Runs the conformance suite of :func:`latte_ref.testing.validate` as one test per
+case (``latte-conformance::<case>``), next to the project's own tests, so that a
+kernel repository can put the suite in its CI. Registered through the ``pytest11``
+entry point; without ``--latte-impl`` it adds its options and does nothing else.
+It is a top-level module of its own so that loading it imports neither latte_ref
+nor NumPy: an ordinary pytest run pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+__all__ = ["LatteCaseItem", "LatteSuite", "pytest_addoption", "pytest_collection_modifyitems"]
+
+_FORMS = ("bidirectional", "causal", "step")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("latte", "Latte conformance suite (latte-ref)")
+    group.addoption("--latte-impl", metavar="MODULE:FUNCTION", default=None, help="Latte implementation to validate")
+    group.addoption("--latte-form", choices=_FORMS, default="causal", help="its contract (default: causal)")
+    group.addoption("--latte-backend", default="numpy", help="latte-ref backend of its inputs (default: numpy)")
+    group.addoption("--latte-device", default=None, help="device name (default: the backend's first)")
+    group.addoption("--latte-dtype", default="float32", help="dtype of its inputs (default: float32)")
+    group.addoption(
+        "--latte-layout", choices=("BTHD", "BHTD"), default="BTHD", help="BHTD for head-first implementations"
+    )
+    group.addoption("--latte-with-mask", action="store_true", help="it takes mask= (adds padding cases)")
+    group.addoption(
+        "--latte-with-state", action="store_true", help="it takes state=/return_state= (adds cut-point cases)"
+    )
+    group.addoption("--latte-seed", type=int, default=0, help="suite seed (default: 0)")
+
+
+class LatteCaseFailure(Exception):
+    """A case outside its tolerance; the message is the report."""
+
+
+class LatteSuite(pytest.Collector):
+    """The conformance cases for the candidate named on the command line."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from latte_ref.testing.cases import case_names
+
+        options = _options(self.config)
+        names = case_names(options["form"], with_mask=options["with_mask"], with_state=options["with_state"])
+        for name in names:
+            yield LatteCaseItem.from_parent(self, name=name)
+
+
+class LatteCaseItem(pytest.Item):
+    """One conformance case, passing when the candidate is within tolerance."""
+
+    def runtest(self) -> None:
+        from latte_ref.testing.validate import validate
+
+        options = _options(self.config)
+        report = validate(options.pop("impl"), cases=[self.name], **options)
+        if not report.passed:
+            raise LatteCaseFailure(str(report))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, LatteCaseFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"latte conformance: {self.name}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselect, so they apply to the cases too
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("latte_impl") is None:
+        return
+    suite = LatteSuite.from_parent(session, name="latte-conformance")
+    items.extend(suite.collect())
+
+
+def _options(config: pytest.Config) -> dict[str, Any]:
+    return {
+        "impl": config.getoption("latte_impl"),
+        "form": config.getoption("latte_form"),
+        "backend": config.getoption("latte_backend"),
+        "device": config.getoption("latte_device"),
+        "dtype": config.getoption("latte_dtype"),
+        "layout": config.getoption("latte_layout"),
+        "with_mask": config.getoption("latte_with_mask"),
+        "with_state": config.getoption("latte_with_state"),
+        "seed": config.getoption("latte_seed"),
+    }
