@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Backend
+from ._base import DTYPE_NAMES, Backend
 
 
 class DaskBackend(Backend):
@@ -28,8 +28,9 @@ class DaskBackend(Backend):
         return x.compute()
 
     def dtype(self, name: str) -> Any:
-        super().dtype(name)
-        return np.dtype(name)
+        if name in DTYPE_NAMES and name not in self.dtypes():
+            raise ValueError(f"backend 'dask' has no dtype {name!r}; it has {self.dtypes()}")
+        return np.dtype(name)  # Dask arrays carry NumPy dtypes
 
     def owns(self, x: Any) -> bool:
         return type(x).__module__.startswith("dask.")
