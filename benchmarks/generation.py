@@ -78,7 +78,9 @@ def softmax_cache(config: lm.ModelConfig, context: int, capacity: int, rng: np.r
 # -- timing ------------------------------------------------------------------------------------
 
 
-def latte_rate(model: lm.LatteModel, prefilled: lm.DecodeState, logits: np.ndarray, n_tokens: int, repeats: int) -> float:
+def latte_rate(
+    model: lm.LatteModel, prefilled: lm.DecodeState, logits: np.ndarray, n_tokens: int, repeats: int
+) -> float:
     """Tokens per second of greedy Latte decoding from the prefilled state, best of ``repeats``."""
     best = math.inf
     for _ in range(repeats):

@@ -52,10 +52,11 @@ def batches(ids: np.ndarray, batch: int, length: int, rng: np.random.Generator) 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"blocks.0.wq": array, ...}`` from the nested weights."""
+    items: list[tuple[str, Any]]
     if isinstance(tree, dict):
-        items = tree.items()
+        items = list(tree.items())
     elif isinstance(tree, (list, tuple)):
-        items = ((str(i), v) for i, v in enumerate(tree))
+        items = [(str(i), v) for i, v in enumerate(tree)]
     else:
         return {prefix: tree}
     out: dict[str, Any] = {}
@@ -135,7 +136,7 @@ def train_torch(ids: np.ndarray, vocab_size: int, args: argparse.Namespace) -> t
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(lm.leaves(weights)), 1.0)
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % args.log_every == 0:
             print(f"step {step:5d}  {time.perf_counter() - began:6.1f}s  loss {losses[-1]:.3f}", flush=True)
     trained = lm.tree_map(lambda w: w.detach(), weights)
@@ -168,14 +169,21 @@ def train_jax(ids: np.ndarray, vocab_size: int, args: argparse.Namespace) -> tup
         lr = learning_rate(step, args, steps)
         first = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, first, grads)
         second = jax.tree_util.tree_map(lambda s, g: 0.999 * s + 0.001 * g * g, second, grads)
-        correction = (1 - 0.9 ** (step + 1), 1 - 0.999 ** (step + 1))
-        weights = jax.tree_util.tree_map(
-            lambda w, m, s: w - lr * (m / correction[0]) / (jnp.sqrt(s / correction[1]) + 1e-8), weights, first, second
-        )
+        weights = jax.tree_util.tree_map(adam_update(lr, step), weights, first, second)
         losses.append(float(loss))
         if step % args.log_every == 0:
             print(f"step {step:5d}  {time.perf_counter() - began:6.1f}s  loss {losses[-1]:.3f}", flush=True)
     return lm.LatteModel(config, weights), losses
+
+
+def adam_update(lr: float, step: int) -> Any:
+    """Adam's update of one weight from its bias-corrected first and second moments."""
+    first_correction, second_correction = 1 - 0.9 ** (step + 1), 1 - 0.999 ** (step + 1)
+
+    def update(w: Any, m: Any, s: Any) -> Any:
+        return w - lr * (m / first_correction) / ((s / second_correction) ** 0.5 + 1e-8)
+
+    return update
 
 
 def sample(model: lm.LatteModel, vocab: list[str], prompt: str, n: int, *, temperature: float, seed: int) -> str:
@@ -193,14 +201,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=180.0, help="stop after this long (0: use --steps)")
     parser.add_argument("--expected-steps", type=int, default=600, help="length of the schedule when --steps is 0")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128, help="characters per training window")
-    parser.add_argument("--d-model", type=int, default=96)
-    parser.add_argument("--n-layers", type=int, default=3)
+    parser.add_argument("--length", type=int, default=64, help="characters per training window")
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--n-heads", type=int, default=4)
-    parser.add_argument("--n-latents", type=int, default=64, help="latents over all heads")
+    parser.add_argument("--n-latents", type=int, default=32, help="latents over all heads")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("latte_char.npz"), help="where to save the weights")
     parser.add_argument("--generate", type=int, default=300, help="characters to generate after training")
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -217,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     numpy_model = lm.LatteModel(model.config, lm.tree_map(lambda w: np.asarray(w, dtype=np.float32), model.weights))
     held_out = batches(ids[split:], 8, args.length, np.random.default_rng(1))
     untrained = new_model(len(vocab), args)
-    result = {
+    result: dict[str, Any] = {
         "steps": len(losses),
         "first_loss": losses[0],
         "last_loss": float(np.mean(losses[-10:])),
@@ -225,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "held_out_trained": float(lm.next_token_loss(numpy_model, held_out)),
     }
     print(
-        f"train loss {result['first_loss']:.3f} -> {result['last_loss']:.3f} (mean of the last 10) in {len(losses)} steps;"
+        f"train loss {result['first_loss']:.3f} -> {result['last_loss']:.3f} (mean of the last 10)"
+        f" in {len(losses)} steps;"
         f" held-out {result['held_out_untrained']:.3f} -> {result['held_out_trained']:.3f}"
     )
     if args.out:

@@ -93,7 +93,8 @@ class ModelConfig:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
         if self.d_model % self.n_heads or self.n_latents % self.n_heads:
             raise ValueError(
-                f"d_model ({self.d_model}) and n_latents ({self.n_latents}) must be divisible by n_heads ({self.n_heads})"
+                f"d_model ({self.d_model}) and n_latents ({self.n_latents}) "
+                f"must be divisible by n_heads ({self.n_heads})"
             )
 
     @property
@@ -184,7 +185,8 @@ def init_model(
     >>> model.weights["blocks"][0]["wq"].shape, model.config.latents_per_head
     ((16, 8), 2)
     """
-    config = ModelConfig(vocab_size, d_model, n_layers, n_heads, n_latents, 4 * d_model if d_hidden is None else d_hidden)
+    d_hidden = 4 * d_model if d_hidden is None else d_hidden
+    config = ModelConfig(vocab_size, d_model, n_layers, n_heads, n_latents, d_hidden)
     xp = resolve_namespace(xp)
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
@@ -387,7 +389,8 @@ def forward(
 
     n_tokens = tokens.shape[-1]
     positions = xp.arange(n_tokens, device=device_of(tokens))  # [T]
-    x = embed(xp, weights["embedding"], tokens) + sinusoidal_position(xp, positions, config.d_model, dtype)  # [..., T, d]
+    x = embed(xp, weights["embedding"], tokens)  # [..., T, d]
+    x = x + sinusoidal_position(xp, positions, config.d_model, dtype)
     layer_states = []
     for block in weights["blocks"]:
         q, k, v = latent_projections(xp, layer_norm(xp, x, block["mixer_norm"]), block, config)  # [..., T, H, L|D]
@@ -453,7 +456,8 @@ def init_decode_state(params: LatteModel, batch_shape: tuple[int, ...] = ()) -> 
     device = device_of(weights["embedding"])
     layers = tuple(
         init_state(
-            tuple(batch_shape), config.n_heads, config.latents_per_head, config.head_dim, xp=xp, dtype=dtype, device=device
+            tuple(batch_shape), config.n_heads, config.latents_per_head, config.head_dim,
+            xp=xp, dtype=dtype, device=device,
         )
         for _ in range(config.n_layers)
     )
@@ -495,9 +499,10 @@ def decode_step(params: LatteModel, token: Array, state: DecodeState) -> tuple[A
     if not isinstance(state, DecodeState) or len(state.layers) != config.n_layers:
         raise TypeError(f"state must be a DecodeState with {config.n_layers} layers")
 
-    x = embed(xp, weights["embedding"], token) + sinusoidal_position(xp, state.position, config.d_model, dtype)  # [..., d]
+    x = embed(xp, weights["embedding"], token)  # [..., d]
+    x = x + sinusoidal_position(xp, state.position, config.d_model, dtype)
     layer_states = []
-    for block, layer_state in zip(weights["blocks"], state.layers):
+    for block, layer_state in zip(weights["blocks"], state.layers, strict=True):
         q_t, k_t, v_t = latent_projections(xp, layer_norm(xp, x, block["mixer_norm"]), block, config)  # [..., H, L|D]
         y_t, layer_state = step(q_t, k_t, v_t, layer_state)
         layer_states.append(layer_state)

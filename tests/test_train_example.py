@@ -27,7 +27,8 @@ def test_torch_training_lowers_the_loss_and_saves_weights(tmp_path):
     pytest.importorskip("torch")
     example = _example()
     out = tmp_path / "weights.npz"
-    args = ["--steps", "40", "--seconds", "0", "--lr", "1e-2", "--log-every", "1000", "--out", str(out), "--generate", "30"]
+    args = ["--steps", "40", "--seconds", "0", "--lr", "1e-2", "--log-every", "1000"]
+    args += ["--out", str(out), "--generate", "30"]
     result = example.main([*SMALL, *args])
     assert result["steps"] == 40
     assert result["last_loss"] < result["first_loss"] - 0.5
@@ -41,7 +42,8 @@ def test_jax_grad_steps_lower_the_loss():
     pytest.importorskip("jax")
     example = _example()
     ids, vocab = example.load_text()
-    args = example.parse([*SMALL, "--backend", "jax", "--steps", "4", "--seconds", "0", "--lr", "1e-2", "--log-every", "1000"])
+    steps = ["--steps", "4", "--seconds", "0", "--lr", "1e-2", "--log-every", "1000"]
+    args = example.parse([*SMALL, "--backend", "jax", *steps])
     model, losses = example.train_jax(ids, len(vocab), args)
     assert len(losses) == 4 and all(np.isfinite(losses))
     batch = example.batches(ids, 8, 32, np.random.default_rng(5))
