@@ -234,7 +234,7 @@ def leaves(tree: Any) -> Iterator[Array]:
     >>> import latte_ref.model as lm
     >>> model = lm.init_model(vocab_size=5, d_model=4, n_layers=1, n_heads=1, n_latents=2, d_hidden=8)
     >>> sum(int(np.prod(w.shape)) for w in lm.leaves(model.weights))
-    148
+    208
     """
     if isinstance(tree, dict):
         for key in sorted(tree):
