@@ -82,6 +82,7 @@ def _fill(tree: Any, flat: dict[str, np.ndarray], prefix: str) -> Any:
 
 
 def save(path: Path, model: lm.LatteModel, vocab: list[str], to_numpy: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"w/{k}": to_numpy(v) for k, v in flatten(model.weights).items()}
     meta = {"config": model.config.__dict__, "vocab": vocab}
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
@@ -209,7 +210,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("latte_char.npz"), help="where to save the weights")
+    parser.add_argument("--out", type=Path, default=Path("results/latte_char.npz"), help="where to save the weights")
     parser.add_argument("--generate", type=int, default=300, help="characters to generate after training")
     parser.add_argument("--temperature", type=float, default=0.8)
     return parser.parse_args(argv)
