@@ -1,4 +1,4 @@
-"""Extreme input: huge and nearly tied logits, long sequences of growing keys, nan and inf, empty and fully padded input."""
+"""Extreme input: huge and tied logits, long sequences of growing keys, nan and inf, empty and padded input."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_minus_inf_key_is_no_key_and_minus_inf_query_reads_nothing(case: Case, r
 
 
 def _read(q_t: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """y_t = sum_l p(l | t) sum_s p(s | l) v_s in float64, for one query (H, L) over keys (S, H, L), values (S, H, D)."""
+    """y_t = sum_l p(l | t) sum_s p(s | l) v_s in float64: one query (H, L), keys (S, H, L), values (S, H, D)."""
     with np.errstate(invalid="ignore"):
         p_latent = np.exp(q_t - q_t.max(-1, keepdims=True))
     p_latent = np.nan_to_num(p_latent / p_latent.sum(-1, keepdims=True))  # a query of all -inf reads nothing
