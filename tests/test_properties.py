@@ -52,6 +52,11 @@ class Problem:
         return np.asarray(self.backend.to_numpy(x), dtype=np.float64)
 
     @property
+    def cheap_scan(self) -> bool:
+        """Whether to run the token-by-token forms: on array-api-strict each step costs too much for many examples."""
+        return self.library == "numpy"
+
+    @property
     def tol(self) -> float:
         return TOLERANCE[self.dtype]
 
@@ -85,6 +90,17 @@ def problems(draw: st.DrawFn, *, masks: bool = True, min_tokens: int = 0, batch:
     return problem
 
 
+def _error(p: Problem, actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |v|.
+
+    Outputs and latent values are convex combinations of the values, so their rounding error
+    scales with max |v|; measured against max |expected| instead, values that cancel (an output
+    of 1e-5 from values of size 1) would make any rounding look large.
+    """
+    scale = max(float(np.max(np.abs(p.v), initial=0.0)), float(np.max(np.abs(expected), initial=0.0)), 1e-30)
+    return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+
+
 def _oracle(p: Problem, causal: bool) -> np.ndarray:
     return latte_ref.definition(p.q, p.k, p.v, causal=causal, mask=p.mask)
 
@@ -99,9 +115,10 @@ def _tokens(x: Any, start: int, stop: int, *, mask: bool = False) -> Any:
 def test_forms_agree_with_the_definition(p: Problem, chunk_size: int) -> None:
     q, k, v, mask = p.arrays()
     bidirectional, causal = _oracle(p, causal=False), _oracle(p, causal=True)
-    assert relative_error(p.numpy(latte_ref.bidirectional(q, k, v, mask=mask)), bidirectional) <= p.tol
-    assert relative_error(p.numpy(latte_ref.causal(q, k, v, mask=mask, chunk_size=chunk_size)), causal) <= p.tol
-    assert relative_error(p.numpy(latte_ref.recurrent(q, k, v, mask=mask)), causal) <= p.tol
+    assert _error(p, p.numpy(latte_ref.bidirectional(q, k, v, mask=mask)), bidirectional) <= p.tol
+    assert _error(p, p.numpy(latte_ref.causal(q, k, v, mask=mask, chunk_size=chunk_size)), causal) <= p.tol
+    if p.cheap_scan:
+        assert _error(p, p.numpy(latte_ref.recurrent(q, k, v, mask=mask)), causal) <= p.tol
 
 
 @given(problems(), st.integers(1, 10), st.integers(1, 10))
@@ -109,7 +126,7 @@ def test_causal_does_not_depend_on_chunk_size(p: Problem, c1: int, c2: int) -> N
     q, k, v, mask = p.arrays()
     y1 = p.numpy(latte_ref.causal(q, k, v, mask=mask, chunk_size=c1))
     y2 = p.numpy(latte_ref.causal(q, k, v, mask=mask, chunk_size=c2))
-    assert relative_error(y1, y2) <= p.tol
+    assert _error(p, y1, y2) <= p.tol
 
 
 @given(problems(), st.lists(st.integers(0, 9), max_size=4), st.integers(1, 6))
@@ -121,14 +138,14 @@ def test_streaming_with_carried_state_equals_the_whole_run(p: Problem, cuts: lis
     for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
         args = (_tokens(a, start, stop) for a in (q, k, v))
         piece_mask = _tokens(mask, start, stop, mask=True)
-        if i % 2:
+        if i % 2 and p.cheap_scan:
             y, state = latte_ref.recurrent(*args, mask=piece_mask, state=state, return_state=True)
         else:
             y, state = latte_ref.causal(*args, mask=piece_mask, state=state, chunk_size=chunk_size, return_state=True)
         pieces.append(p.numpy(y))
-    assert relative_error(np.concatenate(pieces, axis=-3), p.numpy(whole)) <= p.tol
+    assert _error(p, np.concatenate(pieces, axis=-3), p.numpy(whole)) <= p.tol
     np.testing.assert_array_equal(p.numpy(state.running_max), p.numpy(whole_state.running_max))
-    assert relative_error(_latent_values(p, state), _latent_values(p, whole_state)) <= p.tol
+    assert _error(p, _latent_values(p, state), _latent_values(p, whole_state)) <= p.tol
 
 
 def _latent_values(p: Problem, state: latte_ref.LatteState) -> np.ndarray:
@@ -153,7 +170,7 @@ def test_combine_is_associative(p: Problem, cut1: int, cut2: int) -> None:
     for other in (right, whole):
         np.testing.assert_array_equal(p.numpy(left.running_max), p.numpy(other.running_max))
         assert relative_error(p.numpy(left.normaliser), p.numpy(other.normaliser)) <= p.tol
-        assert relative_error(_latent_values(p, left), _latent_values(p, other)) <= p.tol
+        assert _error(p, _latent_values(p, left), _latent_values(p, other)) <= p.tol
 
 
 @given(problems(min_tokens=1), st.data())
@@ -164,7 +181,7 @@ def test_causal_outputs_ignore_the_future(p: Problem, data: st.DataObject) -> No
     for a in changed:
         a[..., cut:, :, :] = rng.normal(scale=50, size=a[..., cut:, :, :].shape)
     mask = None if p.mask is None else p.array(p.mask)
-    for form in (latte_ref.causal, latte_ref.recurrent):
+    for form in (latte_ref.causal, latte_ref.recurrent) if p.cheap_scan else (latte_ref.causal,):
         before = p.numpy(form(*(p.array(a) for a in (p.q, p.k, p.v)), mask=mask))
         after = p.numpy(form(*(p.array(a) for a in changed), mask=mask))
         np.testing.assert_array_equal(before[..., :cut, :, :], after[..., :cut, :, :])
@@ -178,7 +195,7 @@ def test_bidirectional_is_permutation_equivariant(p: Problem, random: Any) -> No
     y = p.numpy(latte_ref.bidirectional(q, k, v, mask=mask))
     permuted = (p.array(a[order]) for a in (p.q, p.k, p.v))
     y_permuted = p.numpy(latte_ref.bidirectional(*permuted, mask=None if p.mask is None else p.array(p.mask[order])))
-    assert relative_error(y_permuted, y[order]) <= p.tol
+    assert _error(p, y_permuted, y[order]) <= p.tol
 
 
 @given(problems())
@@ -192,7 +209,7 @@ def test_outputs_lie_in_the_convex_hull_of_the_values(p: Problem) -> None:
         high = np.fmax.accumulate(values, axis=-3)
     for y, lo, hi in (
         (latte_ref.causal(q, k, v, mask=mask), low, high),
-        (latte_ref.recurrent(q, k, v, mask=mask), low, high),
+        *(((latte_ref.recurrent(q, k, v, mask=mask), low, high),) if p.cheap_scan else ()),
         (latte_ref.bidirectional(q, k, v, mask=mask), low[..., -1:, :, :], high[..., -1:, :, :]),
     ):
         y = p.numpy(y)
@@ -210,6 +227,8 @@ def test_the_same_call_twice_gives_the_same_bits(p: Problem, chunk_size: int) ->
         "recurrent": lambda: latte_ref.recurrent(q, k, v, mask=mask),
         "definition": lambda: latte_ref.definition(q, k, v, causal=True, mask=mask),
     }
+    if not p.cheap_scan:
+        del calls["recurrent"]
     for name, call in calls.items():
         np.testing.assert_array_equal(p.numpy(call()), p.numpy(call()), err_msg=name)
 
@@ -225,7 +244,8 @@ def test_inputs_are_never_modified(p: Problem, chunk_size: int) -> None:
     kept = [p.numpy(a) for a in state]
     latte_ref.bidirectional(q, k, v, mask=mask)
     latte_ref.causal(q, k, v, mask=mask, chunk_size=chunk_size, state=state)
-    latte_ref.recurrent(q, k, v, mask=mask, state=state)
+    if p.cheap_scan:
+        latte_ref.recurrent(q, k, v, mask=mask, state=state)
     latte_ref.definition(q, k, v, causal=True, mask=mask)
     latte_ref.step(q[..., 0, :, :], k[..., 0, :, :], v[..., 0, :, :], state)
     latte_ref.combine(state, state)
