@@ -178,7 +178,7 @@ def _same_dtype(actual: Any, requested: Any) -> bool:
 
 
 def causal_weighted_sum(xp: Any, weights: Array, v: Array) -> Array:
-    """``weights @ v`` for lower-triangular weights (..., T, S), in which a non-finite ``v[s]`` reaches rows t >= s only.
+    """``weights @ v`` for lower-triangular weights (..., T, S): a non-finite ``v[s]`` reaches rows t >= s only.
 
     A plain matrix product lets the exact zeros above the diagonal meet a nan or inf
     value (``0 * nan = nan``) and spoil outputs that do not depend on it. The

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="arg-type"
 """Bad input gets a clear error at the public boundary, on every installed backend.
 
 Each case is a call with one thing wrong, the exception it must raise, and words the

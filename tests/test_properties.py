@@ -144,6 +144,7 @@ def test_streaming_with_carried_state_equals_the_whole_run(p: Problem, cuts: lis
             y, state = latte_ref.causal(*args, mask=piece_mask, state=state, chunk_size=chunk_size, return_state=True)
         pieces.append(p.numpy(y))
     assert _error(p, np.concatenate(pieces, axis=-3), p.numpy(whole)) <= p.tol
+    assert state is not None
     np.testing.assert_array_equal(p.numpy(state.running_max), p.numpy(whole_state.running_max))
     assert _error(p, _latent_values(p, state), _latent_values(p, whole_state)) <= p.tol
 
