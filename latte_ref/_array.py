@@ -5,23 +5,31 @@ Nothing here knows a framework: arrays are inspected through the Array API alone
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from typing import Any
 
-from array_api_compat import array_namespace, device as array_device
+from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import device as array_device
 
 __all__ = [
     "Array",
-    "namespace_of",
-    "device_of",
-    "compute_dtype",
-    "check_qkv",
-    "check_mask",
+    "causal_weighted_sum",
     "check_chunk_size",
+    "check_dtype_request",
+    "check_flag",
+    "check_mask",
+    "check_positive_int",
+    "check_qkv",
+    "compute_dtype",
+    "device_of",
     "finite_or_zero",
-    "safe_divide",
-    "softmax",
     "mask_keys_and_values",
     "mask_output",
+    "namespace_of",
+    "safe_divide",
+    "same_device",
+    "softmax",
 ]
 
 Array = Any
@@ -35,6 +43,9 @@ def namespace_of(**arrays: Array | None) -> Any:
     frameworks, rather than the bare message of ``array_namespace``.
     """
     given = {name: a for name, a in arrays.items() if a is not None}
+    for name, a in given.items():
+        if not is_array_api_obj(a):
+            raise TypeError(f"{name} must be an array, got {type(a).__module__}.{type(a).__name__}")
     try:
         return array_namespace(*given.values())
     except TypeError as exc:
@@ -57,20 +68,28 @@ def compute_dtype(xp: Any, *arrays: Array) -> tuple[Any, Any]:
     """
     for a in arrays:
         if not xp.isdtype(a.dtype, "real floating"):
-            raise TypeError(f"expected real floating-point arrays, got dtype {a.dtype}")
+            raise TypeError(f"expected real floating-point arrays (float16 to float64), got dtype {a.dtype}")
     result = xp.result_type(*arrays)
     if xp.finfo(result).bits < 32:
         return result, xp.float32
     return result, result
 
 
-def check_qkv(q: Array, k: Array, v: Array, *, time_axis: bool = True) -> None:
-    """Check that ``q``, ``k`` are (..., [T,] H, L) and ``v`` is (..., [T,] H, D) with matching leading axes."""
+def check_qkv(
+    q: Array, k: Array, v: Array, *, time_axis: bool = True, names: tuple[str, str, str] = ("q", "k", "v")
+) -> None:
+    """Check that ``q``, ``k`` are (..., [T,] H, L) and ``v`` is (..., [T,] H, D) real floating arrays on one device.
+
+    Call after :func:`namespace_of`, which makes sure the three are arrays of one library.
+    """
+    xp = array_namespace(q)
     min_ndim = 3 if time_axis else 2
-    layout = "(..., T, H, L)" if time_axis else "(..., H, L)"
-    for name, a in (("q", q), ("k", k), ("v", v)):
+    for i, (name, a) in enumerate(zip(names, (q, k, v), strict=True)):
+        layout = f"(..., {'T, ' if time_axis else ''}H, {'D' if i == 2 else 'L'})"
         if a.ndim < min_ndim:
             raise ValueError(f"{name} must have at least {min_ndim} axes {layout}, got shape {tuple(a.shape)}")
+        if not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(f"{name} must be a real floating-point array (float16 to float64), got dtype {a.dtype}")
     if q.shape[-1] == 0:
         raise ValueError(f"q and k need at least one latent (L >= 1), got shape {tuple(q.shape)}")
     if tuple(q.shape) != tuple(k.shape):
@@ -79,28 +98,97 @@ def check_qkv(q: Array, k: Array, v: Array, *, time_axis: bool = True) -> None:
         raise ValueError(
             f"v must share all axes but the last with q ({tuple(q.shape[:-1])} + (D,)), got {tuple(v.shape)}"
         )
-    devices = {str(array_device(a)) for a in (q, k, v)}
-    if len(devices) > 1:
-        raise ValueError(f"q, k and v must be on one device, got {sorted(devices)}")
+    same_device(**dict(zip(names, (q, k, v), strict=True)))
 
 
-def check_mask(xp: Any, mask: Array | None, expected_shape: tuple[int, ...], name: str = "mask") -> None:
-    """Check that ``mask`` is a boolean array of ``expected_shape`` (or ``None``)."""
+def same_device(**arrays: Array | None) -> None:
+    """Raise a ``ValueError`` naming the arrays (``None`` skipped) when they are not all on one device."""
+    devices = {name: array_device(a) for name, a in arrays.items() if a is not None}
+    if len({str(d) for d in devices.values()}) > 1:
+        where = ", ".join(f"{name} on {d}" for name, d in devices.items())
+        raise ValueError(f"arrays must be on one device, got {where}")
+
+
+def check_mask(
+    xp: Any, mask: Array | None, expected_shape: tuple[int, ...], name: str = "mask", *, like: Array | None = None
+) -> None:
+    """Check that ``mask`` is a boolean array of ``expected_shape`` (or ``None``), on the device of ``like``."""
     if mask is None:
         return
+    if like is not None:
+        same_device(**{name: mask, "q": like})
     if not hasattr(mask, "dtype") or mask.dtype != xp.bool:
-        raise TypeError(f"{name} must be a boolean array (True for a real token), got {getattr(mask, 'dtype', type(mask))}")
+        given = f"dtype {mask.dtype}" if hasattr(mask, "dtype") else type(mask).__name__
+        raise TypeError(f"{name} must be a boolean array (True for a real token), got {given}")
     if tuple(mask.shape) != tuple(expected_shape):
-        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"{name} must have shape {tuple(expected_shape)} (the axes of q before H, L), got {tuple(mask.shape)}"
+        )
 
 
 def check_chunk_size(chunk_size: object) -> int:
     """A positive Python int, or a ``ValueError``/``TypeError`` that says what was given."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
-    return chunk_size
+    return check_positive_int("chunk_size", chunk_size, none_allowed=True)
+
+
+def check_positive_int(name: str, value: object, *, none_allowed: bool = False) -> int:
+    """``value`` as a Python int >= 1 (NumPy integers accepted; bools, floats and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        allowed = " or None" if none_allowed else ""
+        raise TypeError(f"{name} must be a positive int{allowed}, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool; anything else (``"yes"``, ``1``, an array) is a ``TypeError``, not a silent truth test."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python or NumPy bool
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def check_dtype_request(xp: Any, dtype: Any, device: Any = None, name: str = "dtype") -> Any:
+    """The dtype an array created with ``dtype`` really gets; an error if that is not the one asked for.
+
+    A framework may quietly narrow a request: JAX without x64 mode turns float64 into
+    float32. A reference that silently computes in a narrower dtype is wrong without
+    saying so, so the request is checked on a 0-d probe array.
+    """
+    try:
+        with warnings.catch_warnings():  # JAX warns before narrowing; the error below says more
+            warnings.simplefilter("ignore")
+            probe = xp.zeros((), dtype=dtype, device=device)
+    except Exception as exc:  # frameworks raise many kinds for an unknown dtype
+        raise TypeError(f"{name} must be a floating dtype of {xp.__name__}, got {dtype!r}") from exc
+    if not xp.isdtype(probe.dtype, "real floating"):
+        raise TypeError(f"{name} must be a real floating dtype, got {dtype!r}")
+    if not _same_dtype(probe.dtype, dtype):
+        hint = " (on JAX, float64 needs jax.config.update('jax_enable_x64', True))" if "jax" in xp.__name__ else ""
+        asked = getattr(dtype, "__name__", None) or str(dtype)
+        raise ValueError(f"{name}={asked} was asked for, but {xp.__name__} gives {probe.dtype}{hint}")
+    return probe.dtype
+
+
+def _same_dtype(actual: Any, requested: Any) -> bool:
+    try:
+        return bool(actual == requested)
+    except TypeError:
+        return str(actual) == str(requested)
+
+
+def causal_weighted_sum(xp: Any, weights: Array, v: Array) -> Array:
+    """``weights @ v`` for lower-triangular weights (..., T, S): a non-finite ``v[s]`` reaches rows t >= s only.
+
+    A plain matrix product lets the exact zeros above the diagonal meet a nan or inf
+    value (``0 * nan = nan``) and spoil outputs that do not depend on it. The
+    non-finite entries are taken out of the product and added back with a running
+    sum along S, which carries them to rows t >= s exactly; finite inputs give the
+    same bits as ``weights @ v``. v: (..., S, D) -> (..., T, D), with T = S.
+    """
+    finite = xp.isfinite(v)
+    y = weights @ xp.where(finite, v, xp.zeros_like(v))
+    return y + xp.cumulative_sum(xp.where(finite, xp.zeros_like(v), v), axis=-2)
 
 
 def finite_or_zero(xp: Any, running_max: Array) -> Array:

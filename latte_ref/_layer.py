@@ -8,7 +8,15 @@ from typing import Any, Literal
 import numpy as np
 from array_api_compat import array_namespace
 
-from ._array import Array, check_mask, compute_dtype, namespace_of
+from ._array import (
+    Array,
+    check_dtype_request,
+    check_flag,
+    check_mask,
+    check_positive_int,
+    namespace_of,
+    same_device,
+)
 from .bidirectional import bidirectional
 from .causal import causal as causal_form
 from .definition import definition
@@ -42,21 +50,24 @@ class LatteParams:
     n_heads: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_heads, bool) or not isinstance(self.n_heads, int) or self.n_heads < 1:
-            raise ValueError(f"n_heads must be a positive int, got {self.n_heads!r}")
-        for name in ("wq", "wk", "wv", "wo"):
-            if getattr(self, name).ndim != 2:
-                raise ValueError(f"{name} must be a matrix, got shape {tuple(getattr(self, name).shape)}")
+        check_positive_int("n_heads", self.n_heads)
+        weights = {name: getattr(self, name) for name in ("wq", "wk", "wv", "wo")}
+        xp = namespace_of(**weights)
+        same_device(**weights)
+        for name, w in weights.items():
+            if w.ndim != 2:
+                raise ValueError(f"{name} must be a matrix, got shape {tuple(w.shape)}")
+            if not xp.isdtype(w.dtype, "real floating"):
+                raise TypeError(f"{name} must be real floating-point, got dtype {w.dtype}")
         d_model, n_latents = self.wq.shape
         if tuple(self.wk.shape) != (d_model, n_latents):
             raise ValueError(f"wk must have the shape of wq {(d_model, n_latents)}, got {tuple(self.wk.shape)}")
         for name in ("wv", "wo"):
             if tuple(getattr(self, name).shape) != (d_model, d_model):
                 raise ValueError(f"{name} must have shape {(d_model, d_model)}, got {tuple(getattr(self, name).shape)}")
-        if n_latents % self.n_heads or d_model % self.n_heads:
-            raise ValueError(
-                f"n_latents ({n_latents}) and d_model ({d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
+        for name, size in (("n_latents", n_latents), ("d_model", d_model)):
+            if size == 0 or size % self.n_heads:
+                raise ValueError(f"{name} must be a positive multiple of n_heads={self.n_heads}, got {size}")
 
     @property
     def d_model(self) -> int:
@@ -97,8 +108,14 @@ def init_params(
     ((16, 8), (16, 16), 4)
     """
     xp = resolve_namespace(xp)
+    for name, size in (("d_model", d_model), ("n_latents", n_latents), ("n_heads", n_heads)):
+        check_positive_int(name, size)
+    for name, size in (("n_latents", n_latents), ("d_model", d_model)):
+        if size % n_heads:
+            raise ValueError(f"{name} must be a multiple of n_heads={n_heads}, got {size}")
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+    dtype = check_dtype_request(xp, dtype, device)
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(d_model)
 
@@ -145,12 +162,15 @@ def latte_attention(
     """
     if not isinstance(params, LatteParams):
         raise TypeError(f"params must be a LatteParams, got {type(params).__name__}")
-    xp = namespace_of(x=x, wq=params.wq, mask=mask)
+    xp = namespace_of(x=x, mask=mask, wq=params.wq, wk=params.wk, wv=params.wv, wo=params.wo)
+    same_device(x=x, mask=mask, wq=params.wq)
+    check_flag("causal", causal)
     if x.ndim < 2 or x.shape[-1] != params.d_model:
         raise ValueError(f"x must have shape (..., T, d_model={params.d_model}), got {tuple(x.shape)}")
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"x must be a real floating-point array (float16 to float64), got dtype {x.dtype}")
     check_mask(xp, mask, x.shape[:-1])
-    compute_dtype(xp, x, params.wq)
-    if form not in (None, "definition", "recurrent"):
+    if not isinstance(form, (str, type(None))) or form not in (None, "definition", "recurrent"):
         raise ValueError(f"form must be None, 'definition' or 'recurrent', got {form!r}")
     if form == "recurrent" and not causal:
         raise ValueError("form='recurrent' exists only for causal=True")

@@ -55,7 +55,7 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     """
     xp = namespace_of(q=q, k=k, v=v, mask=mask)
     check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2])
+    check_mask(xp, mask, q.shape[:-2], like=q)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
     q, k, v = (xp.astype(a, dtype) for a in (q, k, v))
     if mask is not None:

@@ -6,7 +6,9 @@ from typing import Any
 
 from ._array import (
     Array,
+    causal_weighted_sum,
     check_chunk_size,
+    check_flag,
     check_mask,
     check_qkv,
     compute_dtype,
@@ -82,7 +84,8 @@ def causal(
     """
     xp = namespace_of(q=q, k=k, v=v, mask=mask)
     check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2])
+    check_mask(xp, mask, q.shape[:-2], like=q)
+    check_flag("return_state", return_state)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
     q, k, v = (xp.astype(a, dtype) for a in (q, k, v))
@@ -131,7 +134,7 @@ def causal_chunk(xp: Any, p_latent_given_query: Array, k: Array, v: Array, state
     read = safe_divide(xp, p_hlt, normaliser)  # [..., H, L, C]
     attention = xp.sum(read[..., None] * weights, axis=-3)  # [..., H, C(t), C(s)]
     v_htd = xp.moveaxis(v, -3, -2)  # [..., H, C, D]
-    y_now = attention @ v_htd  # [..., H, C, D]
+    y_now = causal_weighted_sum(xp, attention, v_htd)  # [..., H, C, D]; a nan value cannot reach earlier rows
     y_before = xp.moveaxis(read * carried, -1, -2) @ state.numerator  # [..., H, C, L] @ [..., H, L, D]
     y = xp.moveaxis(y_now + y_before, -2, -3)  # [..., C, H, D]
 

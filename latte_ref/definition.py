@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ._array import Array, check_mask, check_qkv, compute_dtype, device_of, namespace_of, softmax
+from ._array import (
+    Array,
+    causal_weighted_sum,
+    check_flag,
+    check_mask,
+    check_qkv,
+    compute_dtype,
+    device_of,
+    namespace_of,
+    softmax,
+)
 
 __all__ = ["attention_matrix", "definition"]
 
@@ -40,8 +50,9 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
     ((1, 4, 4), True, True)
     """
     xp = namespace_of(q=q, k=k, mask=mask)
-    check_qkv(q, k, k)
-    check_mask(xp, mask, q.shape[:-2])
+    check_qkv(q, k, k, names=("q", "k", "k"))
+    check_mask(xp, mask, q.shape[:-2], like=q)
+    check_flag("causal", causal)
     out_dtype, dtype = compute_dtype(xp, q, k)
     q, k = xp.astype(q, dtype), xp.astype(k, dtype)
     n = q.shape[-3]
@@ -87,10 +98,13 @@ def definition(q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None
     """
     xp = namespace_of(q=q, k=k, v=v, mask=mask)
     check_qkv(q, k, v)
+    check_mask(xp, mask, q.shape[:-2], like=q)
+    check_flag("causal", causal)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
     a = attention_matrix(xp.astype(q, dtype), xp.astype(k, dtype), causal=causal, mask=mask)  # [..., H, T, T]
     v = xp.astype(v, dtype)
     if mask is not None:
         v = xp.where(mask[..., None, None], v, xp.zeros_like(v))  # a padded value is never read
-    y = a @ xp.moveaxis(v, -3, -2)  # [..., H, T, D]
+    v_htd = xp.moveaxis(v, -3, -2)  # [..., H, T, D]
+    y = causal_weighted_sum(xp, a, v_htd) if causal else a @ v_htd  # a nan v_s reaches only rows that read s
     return xp.astype(xp.moveaxis(y, -2, -3), out_dtype)

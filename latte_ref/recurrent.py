@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._array import (
     Array,
+    check_flag,
     check_mask,
     check_qkv,
     compute_dtype,
@@ -61,7 +62,7 @@ def step(
     """
     xp = namespace_of(q_t=q_t, k_t=k_t, v_t=v_t, mask_t=mask_t)
     check_qkv(q_t, k_t, v_t, time_axis=False)
-    check_mask(xp, mask_t, q_t.shape[:-2], name="mask_t")
+    check_mask(xp, mask_t, q_t.shape[:-2], name="mask_t", like=q_t)
     out_dtype, dtype = compute_dtype(xp, q_t, k_t, v_t)
     q_t, k_t, v_t = (xp.astype(a, dtype) for a in (q_t, k_t, v_t))
     if state is None:
@@ -127,8 +128,11 @@ def recurrent(
     """
     xp = namespace_of(q=q, k=k, v=v, mask=mask)
     check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2])
+    check_mask(xp, mask, q.shape[:-2], like=q)
+    check_flag("return_state", return_state)
     out_dtype, _ = compute_dtype(xp, q, k, v)
+    if state is not None:  # checked here too, so that T = 0 refuses a bad state as well
+        check_state(xp, state, q, v, out_dtype)
     outputs = []
     for t in range(q.shape[-3]):
         mask_t = None if mask is None else mask[..., t]

@@ -20,9 +20,17 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._array import Array, finite_or_zero, namespace_of, safe_divide
+from ._array import (
+    Array,
+    check_dtype_request,
+    check_positive_int,
+    finite_or_zero,
+    namespace_of,
+    safe_divide,
+    same_device,
+)
 
-__all__ = ["LatteState", "init_state", "combine", "summarise", "read_out", "check_state"]
+__all__ = ["LatteState", "check_state", "combine", "init_state", "read_out", "summarise"]
 
 
 class LatteState(NamedTuple):
@@ -78,8 +86,16 @@ def init_state(
     from ._layer import resolve_namespace
 
     xp = resolve_namespace(xp)
+    if not isinstance(batch_shape, tuple) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in batch_shape
+    ):
+        raise TypeError(f"batch_shape must be a tuple of non-negative ints, got {batch_shape!r}")
+    n_heads = check_positive_int("n_heads", n_heads)
+    n_latents = check_positive_int("n_latents", n_latents)
+    head_dim = check_positive_int("head_dim", head_dim)
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+    dtype = check_dtype_request(xp, dtype, device)
     shape = (*batch_shape, n_heads, n_latents)
     return LatteState(
         running_max=xp.full(shape, -xp.inf, dtype=dtype, device=device),
@@ -100,7 +116,7 @@ def combine(earlier: LatteState, later: LatteState) -> LatteState:
     (and in parallel); it is commutative as well, but the argument names keep
     the order of the segments explicit.
     """
-    xp = namespace_of(earlier=earlier.numerator, later=later.numerator)
+    xp = _check_pair(earlier, later)
     running_max = xp.maximum(earlier.running_max, later.running_max)  # [..., H, L]
     shift = finite_or_zero(xp, running_max)
     scale_earlier = xp.exp(earlier.running_max - shift)
@@ -131,10 +147,46 @@ def read_out(xp: Any, p_latent_given_query: Array, state: LatteState) -> Array:
     return xp.moveaxis(p_hlt @ latent_values, -2, -3)  # [..., T, H, D]
 
 
+def _check_state_arrays(name: str, state: object) -> Any:
+    """``state`` is a LatteState of real floating arrays of one library, consistent in shape; its namespace."""
+    if not isinstance(state, LatteState):
+        raise TypeError(f"{name} must be a LatteState, got {type(state).__name__}")
+    arrays = {f"{name}.{field}": a for field, a in zip(LatteState._fields, state, strict=True)}
+    xp = namespace_of(**arrays)
+    same_device(**arrays)
+    for field, a in arrays.items():
+        if not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(f"{field} must be real floating-point, got dtype {a.dtype}")
+    m, a, s = state
+    if m.ndim < 2 or tuple(a.shape) != tuple(m.shape) or tuple(s.shape[:-1]) != tuple(m.shape):
+        raise ValueError(
+            f"{name} must hold running_max and normaliser of one shape (..., H, L) and numerator (..., H, L, D),"
+            f" got {tuple(m.shape)}, {tuple(a.shape)} and {tuple(s.shape)}"
+        )
+    return xp
+
+
+def _check_pair(earlier: object, later: object) -> Any:
+    """Both states valid, of one library and device, and of the same shapes: their namespace."""
+    _check_state_arrays("earlier", earlier)
+    _check_state_arrays("later", later)
+    assert isinstance(earlier, LatteState) and isinstance(later, LatteState)
+    xp = namespace_of(earlier=earlier.numerator, later=later.numerator)
+    same_device(earlier=earlier.numerator, later=later.numerator)
+    if tuple(earlier.numerator.shape) != tuple(later.numerator.shape):
+        raise ValueError(
+            "earlier and later must be states of the same shape (..., H, L, D), got numerators of shape"
+            f" {tuple(earlier.numerator.shape)} and {tuple(later.numerator.shape)}"
+        )
+    return xp
+
+
 def check_state(xp: Any, state: LatteState, q: Array, v: Array, dtype: Any, *, time_axis: bool = True) -> LatteState:
     """Check a caller's state against q (..., [T,] H, L) and v (..., [T,] H, D); return it in ``dtype``."""
     if not isinstance(state, LatteState):
         raise TypeError(f"state must be a LatteState (or None), got {type(state).__name__}")
+    namespace_of(q=q, **{f"state.{field}": a for field, a in zip(LatteState._fields, state, strict=True)})
+    same_device(q=q, **{f"state.{field}": a for field, a in zip(LatteState._fields, state, strict=True)})
     lead = q.shape[:-3] if time_axis else q.shape[:-2]
     expected = (*lead, q.shape[-2], q.shape[-1])
     for name, a, shape in (
@@ -142,8 +194,11 @@ def check_state(xp: Any, state: LatteState, q: Array, v: Array, dtype: Any, *, t
         ("normaliser", state.normaliser, expected),
         ("numerator", state.numerator, (*expected, v.shape[-1])),
     ):
-        if tuple(a.shape) != tuple(shape):
-            raise ValueError(f"state.{name} must have shape {tuple(shape)} for these inputs, got {tuple(a.shape)}")
         if not xp.isdtype(a.dtype, "real floating"):
-            raise TypeError(f"state.{name} must be real floating-point, got {a.dtype}")
+            raise TypeError(f"state.{name} must be real floating-point, got dtype {a.dtype}")
+        if tuple(a.shape) != tuple(shape):
+            raise ValueError(
+                f"state.{name} must have shape {tuple(shape)} (batch {tuple(lead)}, H, L"
+                f"{', D' if name == 'numerator' else ''}) for these inputs, got {tuple(a.shape)}"
+            )
     return LatteState(*(xp.astype(a, dtype) for a in state))

@@ -22,6 +22,16 @@ TOLERANCE = {"float64": 1e-12, "float32": 2e-5, "float16": 2e-2, "bfloat16": 1e-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; deselected unless --slow")
+    try:  # property tests: 200 examples each by default, 2000 with --slow
+        from hypothesis import HealthCheck, settings
+
+        for name, examples in (("default-run", 200), ("slow-run", 2000)):
+            settings.register_profile(
+                name, max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+            )
+        settings.load_profile("slow-run" if config.getoption("--slow") else "default-run")
+    except ImportError:
+        pass
     try:  # float64 on JAX needs x64 mode, and it must be set before any JAX array exists
         import jax
 
