@@ -22,6 +22,7 @@ TOLERANCE = {"float64": 1e-12, "float32": 2e-5, "float16": 2e-2, "bfloat16": 1e-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; deselected unless --slow")
+    config.addinivalue_line("markers", "full_matrix: on JAX and Dask only with --slow (see EXPENSIVE_BACKENDS)")
     try:  # property tests: 200 examples each by default, 2000 with --slow
         from hypothesis import HealthCheck, settings
 
@@ -44,13 +45,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="run slow tests and more hypothesis examples")
 
 
+# JAX compiles every operation anew for each shape, and Dask turns every step into tasks: on them the
+# parametrisations marked `full_matrix` (the larger shapes, chunk size 1) run only with --slow.
+EXPENSIVE_BACKENDS = ("jax", "dask")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--slow"):
         return
     skip_slow = pytest.mark.skip(reason="slow; run with --slow")
+    skip_full = pytest.mark.skip(reason="larger shapes on JAX and Dask run with --slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+        params = getattr(item, "callspec", None)
+        param = params.params.get("case", params.params.get("case64")) if params else None
+        if "full_matrix" in item.keywords and param is not None and param[0].name in EXPENSIVE_BACKENDS:
+            item.add_marker(skip_full)
 
 
 @dataclass
