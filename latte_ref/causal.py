@@ -22,7 +22,7 @@ from ._array import (
 )
 from .state import LatteState, check_state, init_state
 
-__all__ = ["causal", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "causal"]
 
 DEFAULT_CHUNK_SIZE = 32
 """Tokens per chunk when ``chunk_size=None`` (see docs/performance.md for the measurement)."""
