@@ -57,7 +57,7 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     check_qkv(q, k, v)
     check_mask(xp, mask, q.shape[:-2], like=q)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
-    q, k, v = (xp.astype(a, dtype) for a in (q, k, v))
+    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
     if q.shape[-3] == 0:

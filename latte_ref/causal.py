@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from array_api_compat import is_dask_array, is_writeable_array
+
 from ._array import (
     Array,
     causal_weighted_sum,
@@ -22,7 +24,7 @@ from ._array import (
 )
 from .state import LatteState, check_state, init_state
 
-__all__ = ["causal", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "causal"]
 
 DEFAULT_CHUNK_SIZE = 32
 """Tokens per chunk when ``chunk_size=None`` (see docs/performance.md for the measurement)."""
@@ -88,7 +90,7 @@ def causal(
     check_flag("return_state", return_state)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
-    q, k, v = (xp.astype(a, dtype) for a in (q, k, v))
+    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
     if state is None:
         state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
     else:
@@ -96,57 +98,105 @@ def causal(
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
 
-    p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
     n_tokens = q.shape[-3]
-    outputs = []
+    y = _output_buffer(xp, v)
+    pieces = []
     for start in range(0, n_tokens, chunk_size):
         chunk = slice(start, min(start + chunk_size, n_tokens))
-        y_chunk, state = causal_chunk(xp, p_latent_given_query[..., chunk, :, :], k[..., chunk, :, :], v[..., chunk, :, :], state)
-        outputs.append(y_chunk)
-    y = xp.concat(outputs, axis=-3) if outputs else xp.zeros_like(v)
-    y = xp.astype(mask_output(xp, mask, y), out_dtype)
+        y_chunk, state = causal_chunk(xp, q[..., chunk, :, :], k[..., chunk, :, :], v[..., chunk, :, :], state)
+        if y is None:
+            pieces.append(y_chunk)
+        else:
+            y[..., chunk, :, :] = y_chunk
+    if y is None:
+        y = xp.concat(pieces, axis=-3) if pieces else xp.zeros_like(v)
+    del pieces
+    y = xp.astype(mask_output(xp, mask, y), out_dtype, copy=False)
     return (y, state) if return_state else y
 
 
-def causal_chunk(xp: Any, p_latent_given_query: Array, k: Array, v: Array, state: LatteState) -> tuple[Array, LatteState]:
+def _output_buffer(xp: Any, v: Array) -> Array | None:
+    """An uninitialised (..., T, H, D) output to fill chunk by chunk, or None where arrays are immutable.
+
+    Filling one buffer keeps the peak at one copy of the output; collecting the
+    chunks and concatenating them (JAX, whose arrays are immutable, and Dask,
+    whose graph would grow with every assignment) holds two.
+    """
+    if not is_writeable_array(v) or is_dask_array(v):
+        return None
+    return xp.empty(v.shape, dtype=v.dtype, device=device_of(v))
+
+
+def causal_chunk(xp: Any, q: Array, k: Array, v: Array, state: LatteState) -> tuple[Array, LatteState]:
     """One chunk of C tokens against the state of everything before it.
 
-    p_latent_given_query, k: (..., C, H, L) (k is -inf for padding); v: (..., C, H, D).
+    q, k: (..., C, H, L) (k is -inf for padding); v: (..., C, H, D).
     For query t and key s <= t of the chunk, latent l::
 
         m_t       = max(m_prev, max_{s<=t} k_s)                running max, as in the recurrence
         w[t, s]   = exp(k_s - m_t)                              C x C weights per latent
         a_t       = a_prev exp(m_prev - m_t) + sum_s w[t, s]    normaliser
         y_t       = sum_l p(l|t) / a_t (S_prev exp(m_prev - m_t) + sum_s w[t, s] v_s)
+
+    The pairwise weights are laid out (..., H, C(t), L, C(s)) so that the sum over
+    keys runs along the contiguous last axis and the sum over latents is a
+    batched (1 x L) @ (L x C) matrix product.
     """
     n = k.shape[-3]
-    k_hl = xp.moveaxis(k, -3, -1)  # [..., H, L, C]
-    causal_pairs = _lower_triangle(xp, n, device=device_of(k))  # [C(t), C(s)]
-    k_pairs = xp.where(causal_pairs, k_hl[..., None, :], -xp.inf)  # [..., H, L, C(t), C(s)]
-    running_max = xp.maximum(xp.max(k_pairs, axis=-1), state.running_max[..., None])  # [..., H, L, C]
+    p_latent_given_query = xp.moveaxis(softmax(xp, q, axis=-1), -3, -2)  # [..., H, C, L]
+    k_htl = xp.moveaxis(k, -3, -2)  # [..., H, C(t), L]
+    running_max = xp.maximum(prefix_max(xp, k_htl, axis=-2), state.running_max[..., None, :])  # [..., H, C, L]
     shift = finite_or_zero(xp, running_max)
-    weights = xp.exp(k_pairs - shift[..., None])  # [..., H, L, C, C]
-    carried = xp.exp(state.running_max[..., None] - shift)  # [..., H, L, C] rescales the earlier state
-    normaliser = state.normaliser[..., None] * carried + xp.sum(weights, axis=-1)  # [..., H, L, C]
+    k_hls = xp.moveaxis(k, -3, -1)  # [..., H, L, C(s)]
+    # Masking the exponent, not the weight (exp(k_s - m_t) for s > t could overflow), by adding
+    # 0 or -inf: one addition is cheaper than a where over the C x C x L pairs.
+    exponent = k_hls[..., None, :, :] - shift[..., None]  # [..., H, C(t), L, C(s)]
+    exponent += _causal_bias(xp, n, k.dtype, device_of(k))
+    weights = xp.exp(exponent)
+    del exponent
+    carried = xp.exp(state.running_max[..., None, :] - shift)  # [..., H, C, L] rescales the earlier state
+    normaliser = state.normaliser[..., None, :] * carried + xp.sum(weights, axis=-1)  # [..., H, C, L]
 
-    # Fold p(l | t) / a_t into the weights, then one matrix product per chunk for the values.
-    p_hlt = xp.moveaxis(p_latent_given_query, -3, -1)  # [..., H, L, C]
-    read = safe_divide(xp, p_hlt, normaliser)  # [..., H, L, C]
-    attention = xp.sum(read[..., None] * weights, axis=-3)  # [..., H, C(t), C(s)]
-    v_htd = xp.moveaxis(v, -3, -2)  # [..., H, C, D]
-    y_now = causal_weighted_sum(xp, attention, v_htd)  # [..., H, C, D]; a nan value cannot reach earlier rows
-    y_before = xp.moveaxis(read * carried, -1, -2) @ state.numerator  # [..., H, C, L] @ [..., H, L, D]
-    y = xp.moveaxis(y_now + y_before, -2, -3)  # [..., C, H, D]
+    read = safe_divide(xp, p_latent_given_query, normaliser)  # [..., H, C, L]: p(l | t) / a_t
+    # [..., H, C, 1, L] @ [..., H, C, L, C] -> [..., H, C(t), C(s)]
+    attention = (read[..., None, :] @ weights)[..., 0, :]
+    v_hcd = xp.moveaxis(v, -3, -2)  # [..., H, C, D]
+    # causal_weighted_sum rather than `attention @ v`: a nan value must not reach earlier rows through 0 * nan.
+    y = causal_weighted_sum(xp, attention, v_hcd) + (read * carried) @ state.numerator  # [..., H, C, D]
 
-    last_weights = weights[..., -1, :]  # [..., H, L, C(s)]: the chunk's keys seen from its last token
     new_state = LatteState(
-        running_max=running_max[..., -1],
-        normaliser=normaliser[..., -1],
-        numerator=state.numerator * carried[..., -1:] + last_weights @ v_htd,
+        running_max=running_max[..., -1, :],
+        normaliser=normaliser[..., -1, :],
+        # The chunk's keys seen from its last token: [..., H, L, C(s)] @ [..., H, C, D].
+        numerator=state.numerator * carried[..., -1, :, None] + weights[..., -1, :, :] @ v_hcd,
     )
-    return y, new_state
+    return xp.moveaxis(y, -2, -3), new_state
 
 
-def _lower_triangle(xp: Any, n: int, *, device: Any) -> Array:
+def prefix_max(xp: Any, x: Array, *, axis: int) -> Array:
+    """``out[i] = max(x[0..i])`` along ``axis`` (negative), in log2(n) elementwise maxima.
+
+    The Array API has no cumulative max; doubling the reach of each maximum
+    (1, 2, 4, ... positions back) costs O(n log n) instead of the O(n²) of a
+    masked pairwise max.
+    """
+    n = x.shape[axis]
+    reach = 1
+    while reach < n:
+        head = _take(x, 0, reach, axis)
+        tail = xp.maximum(_take(x, reach, n, axis), _take(x, 0, n - reach, axis))
+        x = xp.concat([head, tail], axis=axis)
+        reach *= 2
+    return x
+
+
+def _take(x: Array, start: int, stop: int, axis: int) -> Array:
+    index = (Ellipsis, slice(start, stop)) + (slice(None),) * (-axis - 1)
+    return x[index]
+
+
+def _causal_bias(xp: Any, n: int, dtype: Any, device: Any) -> Array:
+    """(C(t), 1, C(s)): 0 where s <= t, -inf where s > t."""
     positions = xp.arange(n, device=device)
-    return positions[:, None] >= positions[None, :]
+    zeros = xp.zeros((n, 1, n), dtype=dtype, device=device)
+    return xp.where((positions[:, None] >= positions[None, :])[:, None, :], zeros, zeros - xp.inf)

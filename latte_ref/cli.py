@@ -13,6 +13,7 @@ import sys
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, str] = {
+    "bench": "latte_ref.commands.bench",
     "check": "latte_ref.commands.check",
     "explain": "latte_ref.commands.explain",
     "validate": "latte_ref.commands.validate",

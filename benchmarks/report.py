@@ -1,0 +1,72 @@
+"""Markdown tables from a ``latte-ref bench`` result: ``python benchmarks/report.py bench-results/results.json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+__all__ = ["tables"]
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:.3g}"
+
+
+def _pick(rows: list[dict[str, Any]], **match: Any) -> float | None:
+    for r in rows:
+        if "seconds" in r and all(r.get(k) == v for k, v in match.items()):
+            return float(r["seconds"])
+    return None
+
+
+def tables(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    lines = []
+    for backend in sorted({r["backend"] for r in rows}):
+        lines += [f"**{backend}** (ms, min of repeats)", "",
+                  "| T | GEMM floor | bidirectional | causal | recurrent | softmax | softmax causal |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for n in sorted({r["T"] for r in rows if r.get("backend") == backend and "T" in r and "sweep" not in r}):
+            here = [r for r in rows if r.get("backend") == backend and r.get("T") == n and "sweep" not in r]
+            cells = [_pick(here, kind="floor"), _pick(here, kind="form", form="bidirectional"),
+                     _pick(here, kind="form", form="causal"), _pick(here, kind="form", form="recurrent"),
+                     _pick(here, kind="softmax", causal=False), _pick(here, kind="softmax", causal=True)]
+            lines.append(f"| {n:,} | " + " | ".join(_ms(c) for c in cells) + " |")
+        lines.append("")
+    memory = sorted((r for r in rows if "peak_bytes_excluding_inputs" in r), key=lambda r: (r["form"], r["T"]))
+    if memory:
+        lines += ["**numpy peak memory** (MB = 10⁶ bytes)", "",
+                  "| form | T | inputs | peak excluding inputs | peak including inputs |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['form']} | {r['T']:,} | {r['input_bytes'] / 1e6:.0f} | "
+                  f"{r['peak_bytes_excluding_inputs'] / 1e6:.0f} | {r['peak_bytes_including_inputs'] / 1e6:.0f} |"
+                  for r in memory if r["T"] >= 16_384]
+        lines.append("")
+    steps = sorted((r for r in rows if r["kind"] == "step"), key=lambda r: (r["backend"], r["context"], r["method"]))
+    if steps:
+        lines += ["**generation, µs per token**", "", "| backend | context | Latte step | KV-cache softmax step |",
+                  "|---|---:|---:|---:|"]
+        for backend in sorted({r["backend"] for r in steps}):
+            for c in sorted({r["context"] for r in steps if r["backend"] == backend}):
+                cell = {r["method"]: r["seconds"] * 1e6 for r in steps if r["backend"] == backend and r["context"] == c}
+                lines.append(f"| {backend} | {c:,} | {cell.get('latte_step', 0):.0f} | "
+                             f"{cell.get('kv_cache_softmax', 0):.0f} |")
+        lines.append("")
+    chunks = sorted((r for r in rows if r.get("sweep") == "chunk_size"), key=lambda r: r["chunk_size"])
+    if chunks:
+        lines += [f"**causal against chunk_size** (numpy, T={chunks[0]['T']:,})", "",
+                  "| chunk_size | ms |", "|---:|---:|"]
+        lines += [f"| {r['chunk_size']} | {_ms(r['seconds'])} |" for r in chunks]
+        lines.append("")
+    lines += ["**targets**", "", "| target | where | bound | measured | met |", "|---|---|---|---:|---|"]
+    for t in result["targets"]:
+        value = "—" if t["measured"] is None else f"{t['measured']:.3g}"
+        bound = "" if t["bound"] is None else f"{t['sense']} {t['bound']}"
+        met = {True: "yes", False: "**no**", None: ""}[t["met"]]
+        lines.append(f"| {t['target']} | {t['where']} | {bound} | {value} | {met} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1] if len(sys.argv) > 1 else "bench-results/results.json") as f:
+        print(tables(json.load(f)))
