@@ -148,10 +148,10 @@ def causal_chunk(xp: Any, q: Array, k: Array, v: Array, state: LatteState) -> tu
     running_max = xp.maximum(prefix_max(xp, k_htl, axis=-2), state.running_max[..., None, :])  # [..., H, C, L]
     shift = finite_or_zero(xp, running_max)
     k_hls = xp.moveaxis(k, -3, -1)  # [..., H, L, C(s)]
-    # Masking the exponent, not the weight (exp(k_s - m_t) for s > t could overflow), by adding
-    # 0 or -inf: one addition is cheaper than a where over the C x C x L pairs.
+    # Mask the exponent, not the weight: exp(k_s - m_t) for s > t could overflow. A `where`, not the
+    # addition of -inf, so that a nan key at s stays out of the rows t < s (nan + -inf is nan).
     exponent = k_hls[..., None, :, :] - shift[..., None]  # [..., H, C(t), L, C(s)]
-    exponent += _causal_bias(xp, n, k.dtype, device_of(k))
+    exponent = xp.where(_key_is_visible(xp, n, device_of(k)), exponent, -xp.inf)
     weights = xp.exp(exponent)
     del exponent
     carried = xp.exp(state.running_max[..., None, :] - shift)  # [..., H, C, L] rescales the earlier state
@@ -195,8 +195,7 @@ def _take(x: Array, start: int, stop: int, axis: int) -> Array:
     return x[index]
 
 
-def _causal_bias(xp: Any, n: int, dtype: Any, device: Any) -> Array:
-    """(C(t), 1, C(s)): 0 where s <= t, -inf where s > t."""
+def _key_is_visible(xp: Any, n: int, device: Any) -> Array:
+    """(C(t), 1, C(s)): True where s <= t."""
     positions = xp.arange(n, device=device)
-    zeros = xp.zeros((n, 1, n), dtype=dtype, device=device)
-    return xp.where((positions[:, None] >= positions[None, :])[:, None, :], zeros, zeros - xp.inf)
+    return (positions[:, None] >= positions[None, :])[:, None, :]
