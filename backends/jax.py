@@ -21,7 +21,7 @@ class JaxBackend(Backend):
     def x64_enabled(self) -> bool:
         import jax
 
-        return bool(jax.config.jax_enable_x64)
+        return bool(jax.config.read("jax_enable_x64"))
 
     def enable_x64(self) -> None:
         """Turn on float64 (JAX computes in float32 unless asked); affects the whole process."""

@@ -102,9 +102,7 @@ def latte_rate(
     return n_tokens / best
 
 
-def softmax_rate(
-    model: lm.LatteModel, cache: dict[str, Any], logits: np.ndarray, n_tokens: int, repeats: int
-) -> float:
+def softmax_rate(model: lm.LatteModel, cache: dict[str, Any], logits: np.ndarray, n_tokens: int, repeats: int) -> float:
     """Tokens per second of greedy standard-attention decoding with the KV cache, best of ``repeats``."""
     context, best = cache["context"], math.inf
     for _ in range(repeats):

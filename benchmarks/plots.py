@@ -14,8 +14,10 @@ __all__ = ["plot_all"]
 
 
 def _series(rows: list[dict[str, Any]], x: str, y: str, **match: Any) -> tuple[list[float], list[float]]:
-    picked = sorted((r for r in rows if all(r.get(k) == v for k, v in match.items()) and y in r and "sweep" not in r),
-                    key=lambda r: r[x])
+    picked = sorted(
+        (r for r in rows if all(r.get(k) == v for k, v in match.items()) and y in r and "sweep" not in r),
+        key=lambda r: r[x],
+    )
     return [r[x] for r in picked], [r[y] for r in picked]
 
 

@@ -24,38 +24,62 @@ def tables(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = []
     for backend in sorted({r["backend"] for r in rows}):
-        lines += [f"**{backend}** (ms, min of repeats)", "",
-                  "| T | GEMM floor | bidirectional | causal | recurrent | softmax | softmax causal |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"**{backend}** (ms, min of repeats)",
+            "",
+            "| T | GEMM floor | bidirectional | causal | recurrent | softmax | softmax causal |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for n in sorted({r["T"] for r in rows if r.get("backend") == backend and "T" in r and "sweep" not in r}):
             here = [r for r in rows if r.get("backend") == backend and r.get("T") == n and "sweep" not in r]
-            cells = [_pick(here, kind="floor"), _pick(here, kind="form", form="bidirectional"),
-                     _pick(here, kind="form", form="causal"), _pick(here, kind="form", form="recurrent"),
-                     _pick(here, kind="softmax", causal=False), _pick(here, kind="softmax", causal=True)]
+            cells = [
+                _pick(here, kind="floor"),
+                _pick(here, kind="form", form="bidirectional"),
+                _pick(here, kind="form", form="causal"),
+                _pick(here, kind="form", form="recurrent"),
+                _pick(here, kind="softmax", causal=False),
+                _pick(here, kind="softmax", causal=True),
+            ]
             lines.append(f"| {n:,} | " + " | ".join(_ms(c) for c in cells) + " |")
         lines.append("")
     memory = sorted((r for r in rows if "peak_bytes_excluding_inputs" in r), key=lambda r: (r["form"], r["T"]))
     if memory:
-        lines += ["**numpy peak memory** (MB = 10⁶ bytes)", "",
-                  "| form | T | inputs | peak excluding inputs | peak including inputs |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['form']} | {r['T']:,} | {r['input_bytes'] / 1e6:.0f} | "
-                  f"{r['peak_bytes_excluding_inputs'] / 1e6:.0f} | {r['peak_bytes_including_inputs'] / 1e6:.0f} |"
-                  for r in memory if r["T"] >= 16_384]
+        lines += [
+            "**numpy peak memory** (MB = 10⁶ bytes)",
+            "",
+            "| form | T | inputs | peak excluding inputs | peak including inputs |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['form']} | {r['T']:,} | {r['input_bytes'] / 1e6:.0f} | "
+            f"{r['peak_bytes_excluding_inputs'] / 1e6:.0f} | {r['peak_bytes_including_inputs'] / 1e6:.0f} |"
+            for r in memory
+            if r["T"] >= 16_384
+        ]
         lines.append("")
     steps = sorted((r for r in rows if r["kind"] == "step"), key=lambda r: (r["backend"], r["context"], r["method"]))
     if steps:
-        lines += ["**generation, µs per token**", "", "| backend | context | Latte step | KV-cache softmax step |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "**generation, µs per token**",
+            "",
+            "| backend | context | Latte step | KV-cache softmax step |",
+            "|---|---:|---:|---:|",
+        ]
         for backend in sorted({r["backend"] for r in steps}):
             for c in sorted({r["context"] for r in steps if r["backend"] == backend}):
                 cell = {r["method"]: r["seconds"] * 1e6 for r in steps if r["backend"] == backend and r["context"] == c}
-                lines.append(f"| {backend} | {c:,} | {cell.get('latte_step', 0):.0f} | "
-                             f"{cell.get('kv_cache_softmax', 0):.0f} |")
+                lines.append(
+                    f"| {backend} | {c:,} | {cell.get('latte_step', 0):.0f} | {cell.get('kv_cache_softmax', 0):.0f} |"
+                )
         lines.append("")
     chunks = sorted((r for r in rows if r.get("sweep") == "chunk_size"), key=lambda r: r["chunk_size"])
     if chunks:
-        lines += [f"**causal against chunk_size** (numpy, T={chunks[0]['T']:,})", "",
-                  "| chunk_size | ms |", "|---:|---:|"]
+        lines += [
+            f"**causal against chunk_size** (numpy, T={chunks[0]['T']:,})",
+            "",
+            "| chunk_size | ms |",
+            "|---:|---:|",
+        ]
         lines += [f"| {r['chunk_size']} | {_ms(r['seconds'])} |" for r in chunks]
         lines.append("")
     lines += ["**targets**", "", "| target | where | bound | measured | met |", "|---|---|---|---:|---|"]

@@ -56,8 +56,15 @@ class Config:
     @classmethod
     def quick_config(cls, backends: list[str]) -> Config:
         return cls(
-            backends=backends, max_tokens=4096, max_tokens_other=2048, repeats=2, softmax_budget_bytes=64 << 20,
-            chunk_sizes=(16, 32, 64), target_tokens=2048, scaling_tokens=(1024, 2048), step_contexts=(1024, 8192),
+            backends=backends,
+            max_tokens=4096,
+            max_tokens_other=2048,
+            repeats=2,
+            softmax_budget_bytes=64 << 20,
+            chunk_sizes=(16, 32, 64),
+            target_tokens=2048,
+            scaling_tokens=(1024, 2048),
+            step_contexts=(1024, 8192),
             quick=True,
         )
 
@@ -322,8 +329,16 @@ def plan(config: Config) -> Iterator[Task]:
             for chunk_size in config.chunk_sizes:
                 yield Task(
                     f"numpy causal chunk_size={chunk_size}",
-                    partial(form_row, backend, "causal", config.target_tokens, config.repeats,
-                            memory=False, chunk_size=chunk_size, sweep="chunk_size"),
+                    partial(
+                        form_row,
+                        backend,
+                        "causal",
+                        config.target_tokens,
+                        config.repeats,
+                        memory=False,
+                        chunk_size=chunk_size,
+                        sweep="chunk_size",
+                    ),
                 )
         for context in config.step_contexts:
             yield Task(f"{name} step context={context}", partial(step_rows, backend, context, config.repeats))
@@ -350,44 +365,117 @@ def summarise_targets(rows: list[dict[str, Any]], config: Config) -> list[dict[s
     form = {"kind": "form", "backend": "numpy"}
     plain = [r for r in rows if "sweep" not in r]
     targets = [
-        ("bidirectional / GEMM floor", f"T={n}", 3.0, "<=",
-         _ratio(_find(plain, **form, form="bidirectional", T=n), _find(plain, kind="floor", backend="numpy", T=n))),
-        ("causal / GEMM floor", f"T={n}", 5.0, "<=",
-         _ratio(_find(plain, **form, form="causal", T=n), _find(plain, kind="floor", backend="numpy", T=n))),
+        (
+            "bidirectional / GEMM floor",
+            f"T={n}",
+            3.0,
+            "<=",
+            _ratio(_find(plain, **form, form="bidirectional", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
+        ),
+        (
+            "causal / GEMM floor",
+            f"T={n}",
+            5.0,
+            "<=",
+            _ratio(_find(plain, **form, form="causal", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
+        ),
     ]
     for f in ("bidirectional", "causal", "recurrent"):
-        targets.append((f"{f} time(T={large}) / time(T={small})", "scaling", 9.0, "<=",
-                        _ratio(_find(plain, **form, form=f, T=large), _find(plain, **form, form=f, T=small))))
+        targets.append(
+            (
+                f"{f} time(T={large}) / time(T={small})",
+                "scaling",
+                9.0,
+                "<=",
+                _ratio(_find(plain, **form, form=f, T=large), _find(plain, **form, form=f, T=small)),
+            )
+        )
     for name in ("numpy", "torch"):
-        targets.append((f"{name}: standard causal attention / Latte causal", f"T={n}", 10.0, ">=",
-                        _ratio(_find(plain, kind="softmax", backend=name, causal=True, T=n),
-                               _find(plain, kind="form", backend=name, form="causal", T=n))))
+        targets.append(
+            (
+                f"{name}: standard causal attention / Latte causal",
+                f"T={n}",
+                10.0,
+                ">=",
+                _ratio(
+                    _find(plain, kind="softmax", backend=name, causal=True, T=n),
+                    _find(plain, kind="form", backend=name, form="causal", T=n),
+                ),
+            )
+        )
     contexts = config.step_contexts
     step = {"kind": "step", "backend": "numpy"}
-    targets.append((f"step(context={contexts[-1]}) / step(context={contexts[0]})", "flat", 1.2, "<=",
-                    _ratio(_find(rows, **step, method="latte_step", context=contexts[-1]),
-                           _find(rows, **step, method="latte_step", context=contexts[0]))))
+    targets.append(
+        (
+            f"step(context={contexts[-1]}) / step(context={contexts[0]})",
+            "flat",
+            1.2,
+            "<=",
+            _ratio(
+                _find(rows, **step, method="latte_step", context=contexts[-1]),
+                _find(rows, **step, method="latte_step", context=contexts[0]),
+            ),
+        )
+    )
     mid = 65_536 if 65_536 in contexts else contexts[-1]
-    targets.append((f"KV-cache step / Latte step (context={mid})", "generation", 20.0, ">=",
-                    _ratio(_find(rows, **step, method="kv_cache_softmax", context=mid),
-                           _find(rows, **step, method="latte_step", context=mid))))
+    targets.append(
+        (
+            f"KV-cache step / Latte step (context={mid})",
+            "generation",
+            20.0,
+            ">=",
+            _ratio(
+                _find(rows, **step, method="kv_cache_softmax", context=mid),
+                _find(rows, **step, method="latte_step", context=mid),
+            ),
+        )
+    )
     out = [
-        {"target": name, "where": where, "bound": bound, "sense": sense, "measured": value,
-         "met": None if value is None else (value <= bound if sense == "<=" else value >= bound)}
+        {
+            "target": name,
+            "where": where,
+            "bound": bound,
+            "sense": sense,
+            "measured": value,
+            "met": None if value is None else (value <= bound if sense == "<=" else value >= bound),
+        }
         for name, where, bound, sense, value in targets
     ]
-    biggest = max((r for r in plain if r.get("form") == "causal" and r.get("backend") == "numpy"
-                   and "peak_bytes_excluding_inputs" in r), key=lambda r: r["T"], default=None)
+    biggest = max(
+        (
+            r
+            for r in plain
+            if r.get("form") == "causal" and r.get("backend") == "numpy" and "peak_bytes_excluding_inputs" in r
+        ),
+        key=lambda r: r["T"],
+        default=None,
+    )
     if biggest is not None:
         gb = biggest["peak_bytes_excluding_inputs"] / 1e9
-        out.append({"target": f"causal peak memory excluding inputs (GB), T={biggest['T']}", "where": "memory",
-                    "bound": 1.5, "sense": "<=", "measured": gb, "met": gb <= 1.5,
-                    "including_inputs_gb": biggest["peak_bytes_including_inputs"] / 1e9})
+        out.append(
+            {
+                "target": f"causal peak memory excluding inputs (GB), T={biggest['T']}",
+                "where": "memory",
+                "bound": 1.5,
+                "sense": "<=",
+                "measured": gb,
+                "met": gb <= 1.5,
+                "including_inputs_gb": biggest["peak_bytes_including_inputs"] / 1e9,
+            }
+        )
     chunk_rows = [r for r in rows if r.get("sweep") == "chunk_size"]
     if chunk_rows:
         best = min(chunk_rows, key=lambda r: r["seconds"])
-        out.append({"target": "fastest chunk_size", "where": f"T={n}", "bound": None, "sense": "",
-                    "measured": best["chunk_size"], "met": None})
+        out.append(
+            {
+                "target": "fastest chunk_size",
+                "where": f"T={n}",
+                "bound": None,
+                "sense": "",
+                "measured": best["chunk_size"],
+                "met": None,
+            }
+        )
     return out
 
 

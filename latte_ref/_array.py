@@ -205,7 +205,9 @@ def finite_or_zero(xp: Any, running_max: Array) -> Array:
 def safe_divide(xp: Any, numerator: Array, denominator: Array) -> Array:
     """``numerator / denominator``, with 0 where the denominator is 0 (an empty history)."""
     is_empty = denominator == 0
-    return xp.where(is_empty, xp.zeros_like(numerator), numerator / xp.where(is_empty, xp.ones_like(denominator), denominator))
+    return xp.where(
+        is_empty, xp.zeros_like(numerator), numerator / xp.where(is_empty, xp.ones_like(denominator), denominator)
+    )
 
 
 def softmax(xp: Any, x: Array, axis: int) -> Array:

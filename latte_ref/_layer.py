@@ -79,7 +79,7 @@ class LatteParams:
 
 
 def resolve_namespace(xp: Any) -> Any:
-    """The Array-API-compatible namespace for ``xp``: NumPy when ``None``; ``torch`` or ``jax.numpy`` modules are wrapped."""
+    """The Array-API namespace for ``xp``: NumPy when ``None``; modules like ``torch`` or ``jax.numpy`` get wrapped."""
     if xp is None:
         return array_namespace(np.empty(0))
     return array_namespace(xp.asarray(0.0))

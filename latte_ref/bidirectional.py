@@ -66,4 +66,3 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
     y = read_out(xp, p_latent_given_query, summarise(xp, k, v))  # [..., T, H, D]
     return xp.astype(mask_output(xp, mask, y), out_dtype)
-

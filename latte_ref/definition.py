@@ -76,7 +76,7 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
 
 
 def definition(q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None = None) -> Array:
-    r"""Latte from its definition: :math:`y_t = \sum_s p(s \mid t)\, v_s` with the O(T²) matrix of :func:`attention_matrix`.
+    r"""Latte from its definition: :math:`y_t = \sum_s p(s \mid t)\, v_s`, with the matrix of :func:`attention_matrix`.
 
     Parameters
     ----------

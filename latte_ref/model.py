@@ -456,8 +456,13 @@ def init_decode_state(params: LatteModel, batch_shape: tuple[int, ...] = ()) -> 
     device = device_of(weights["embedding"])
     layers = tuple(
         init_state(
-            tuple(batch_shape), config.n_heads, config.latents_per_head, config.head_dim,
-            xp=xp, dtype=dtype, device=device,
+            tuple(batch_shape),
+            config.n_heads,
+            config.latents_per_head,
+            config.head_dim,
+            xp=xp,
+            dtype=dtype,
+            device=device,
         )
         for _ in range(config.n_layers)
     )
@@ -512,9 +517,7 @@ def decode_step(params: LatteModel, token: Array, state: DecodeState) -> tuple[A
     return logits, DecodeState(tuple(layer_states), state.position + 1)
 
 
-def generate(
-    params: LatteModel, prompt: Array, n_tokens: int, *, temperature: float = 1.0, seed: int = 0
-) -> Array:
+def generate(params: LatteModel, prompt: Array, n_tokens: int, *, temperature: float = 1.0, seed: int = 0) -> Array:
     r"""Sample ``n_tokens`` after ``prompt``: a parallel prefill, then one :func:`decode_step` per token.
 
     Sampling is the Gumbel-max trick, :math:`\arg\max_v (\text{logits}_v / \tau + g_v)` with

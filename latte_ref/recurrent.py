@@ -17,7 +17,7 @@ from ._array import (
 )
 from .state import LatteState, check_state, init_state
 
-__all__ = ["step", "recurrent"]
+__all__ = ["recurrent", "step"]
 
 
 def step(
@@ -66,7 +66,9 @@ def step(
     out_dtype, dtype = compute_dtype(xp, q_t, k_t, v_t)
     q_t, k_t, v_t = (xp.astype(a, dtype) for a in (q_t, k_t, v_t))
     if state is None:
-        state = init_state(q_t.shape[:-2], q_t.shape[-2], q_t.shape[-1], v_t.shape[-1], xp=xp, dtype=dtype, device=device_of(q_t))
+        state = init_state(
+            q_t.shape[:-2], q_t.shape[-2], q_t.shape[-1], v_t.shape[-1], xp=xp, dtype=dtype, device=device_of(q_t)
+        )
     else:
         state = check_state(xp, state, q_t, v_t, dtype, time_axis=False)
     if mask_t is not None:

@@ -155,4 +155,3 @@ def xp(case: Case) -> Any:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240607)
-

@@ -18,4 +18,3 @@ def random_qkv(
     k = scale * rng.normal(size=(*batch, T, H, L))
     v = rng.normal(size=(*batch, T, H, D))
     return q, k, v
-

@@ -15,7 +15,11 @@ FORMS = {
     "bidirectional": lambda q, k, v, mask: latte_ref.bidirectional(q, k, v, mask=mask),
     "bidirectional-definition": lambda q, k, v, mask: latte_ref.definition(q, k, v, causal=False, mask=mask),
 }
-PAIRS = [("causal", "causal-definition"), ("recurrent", "causal-definition"), ("bidirectional", "bidirectional-definition")]
+PAIRS = [
+    ("causal", "causal-definition"),
+    ("recurrent", "causal-definition"),
+    ("bidirectional", "bidirectional-definition"),
+]
 
 
 def _problem(with_mask: bool):

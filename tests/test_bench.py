@@ -12,8 +12,22 @@ from latte_ref import cli
 
 
 def test_bench_writes_results_targets_and_plots(tmp_path, capsys):
-    status = cli.main(["bench", "--quick", "--backends", "numpy", "--max-tokens", "1024",
-                       "--max-tokens-other", "1024", "--repeats", "1", "--output", str(tmp_path)])
+    status = cli.main(
+        [
+            "bench",
+            "--quick",
+            "--backends",
+            "numpy",
+            "--max-tokens",
+            "1024",
+            "--max-tokens-other",
+            "1024",
+            "--repeats",
+            "1",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert status == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["machine"]["logical_cores"] >= 1

@@ -57,7 +57,7 @@ def python_blocks(text: str, page: str) -> list[Block]:
         if info in ("python", "py"):
             previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             skip = SKIP.match(previous)
-            body = [line[len(indent):] if line.startswith(indent) else line for line in lines[i + 1 : end]]
+            body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[i + 1 : end]]
             blocks.append(Block(page, i + 1, "\n".join(body) + "\n", skip["reason"] if skip else None))
         i = end + 1
     return blocks
@@ -99,24 +99,26 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_parser_reads_skips_and_indented_blocks() -> None:
-    text = "\n".join([
-        "# t",
-        "```python",
-        "a = 1",
-        "```",
-        "<!-- skip: needs an NVIDIA GPU -->",
-        "```python",
-        "import cupy",
-        "```",
-        "```bash",
-        "echo no",
-        "```",
-        "=== \"tab\"",
-        "",
-        "    ```python",
-        "    b = a + 1",
-        "    ```",
-    ])
+    text = "\n".join(
+        [
+            "# t",
+            "```python",
+            "a = 1",
+            "```",
+            "<!-- skip: needs an NVIDIA GPU -->",
+            "```python",
+            "import cupy",
+            "```",
+            "```bash",
+            "echo no",
+            "```",
+            '=== "tab"',
+            "",
+            "    ```python",
+            "    b = a + 1",
+            "    ```",
+        ]
+    )
     blocks = python_blocks(text, "t.md")
     assert [(b.code, b.skip) for b in blocks] == [
         ("a = 1\n", None),
@@ -162,7 +164,12 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (site / "assets" / "mathjax" / "tex-svg.js").is_file()

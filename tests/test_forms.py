@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from helpers import random_qkv, relative_error
@@ -77,7 +79,7 @@ def test_streaming_with_carried_state_equals_whole_run(case, rng):
     whole = case.numpy(latte_ref.causal(q, k, v))
     cuts = [0, *sorted(rng.choice(np.arange(1, 60), size=4, replace=False).tolist()), 60]
     pieces, state = [], None
-    for i, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
+    for i, (start, stop) in enumerate(itertools.pairwise(cuts)):
         piece = slice(start, stop)
         run = latte_ref.recurrent if i % 2 else latte_ref.causal  # both forms carry the same state
         y, state = run(q[:, piece, ...], k[:, piece, ...], v[:, piece, ...], state=state, return_state=True)
@@ -90,7 +92,8 @@ def test_streaming_with_carried_state_equals_whole_run(case, rng):
 
 def _segment_states(q, k, v, cuts):
     return [
-        latte_ref.causal(q[a:b, ...], k[a:b, ...], v[a:b, ...], return_state=True)[1] for a, b in zip(cuts[:-1], cuts[1:])
+        latte_ref.causal(q[a:b, ...], k[a:b, ...], v[a:b, ...], return_state=True)[1]
+        for a, b in itertools.pairwise(cuts)
     ]
 
 
@@ -127,7 +130,7 @@ def test_combine_with_empty_state_is_identity(case, rng):
 def test_bidirectional_reads_the_final_causal_state(case, rng):
     (q, k, v), exact = _inputs(case, rng, ((2,), 19, 2, 3, 4))
     _, state = latte_ref.causal(q, k, v, return_state=True)
-    m, a, n = _state_numpy(case, state)
+    _m, a, n = _state_numpy(case, state)
     p_latent = np.exp(exact[0] - exact[0].max(-1, keepdims=True))
     p_latent /= p_latent.sum(-1, keepdims=True)  # [B, T, H, L]
     expected = np.einsum("bthl,bhld->bthd", p_latent, n / a[..., None])

@@ -27,7 +27,10 @@ def _load(name):
 
 def _params(case, g):
     return latte_ref.LatteParams(
-        wq=case.array(g["wq"]), wk=case.array(g["wk"]), wv=case.array(g["wv"]), wo=case.array(g["wo"]),
+        wq=case.array(g["wq"]),
+        wk=case.array(g["wk"]),
+        wv=case.array(g["wv"]),
+        wo=case.array(g["wo"]),
         n_heads=int(g["n_heads"]),
     )
 

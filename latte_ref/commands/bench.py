@@ -22,11 +22,19 @@ HELP = "time and peak memory of every form against T, with GEMM-floor and softma
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole run takes well under a minute")
-    parser.add_argument("--backends", nargs="+", metavar="NAME",
-                        help="backends to measure (default: numpy, torch and jax where installed)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="backends to measure (default: numpy, torch and jax where installed)",
+    )
     parser.add_argument("--max-tokens", type=int, metavar="T", help="largest T for NumPy (default 1,048,576)")
-    parser.add_argument("--max-tokens-other", type=int, metavar="T",
-                        help="largest T for other backends and for the recurrent scan (default 131,072)")
+    parser.add_argument(
+        "--max-tokens-other",
+        type=int,
+        metavar="T",
+        help="largest T for other backends and for the recurrent scan (default 131,072)",
+    )
     parser.add_argument("--repeats", type=int, metavar="N", help="timings per point; the minimum is kept")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--output", default="bench-results", metavar="DIR", help="where results.json and the plots go")
@@ -35,10 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def find_suite(path: str | None = None) -> ModuleType:
     """Import ``benchmarks/suite.py`` from ``path``, the current directory or the source checkout."""
-    candidates = [Path(path)] if path else [
-        Path.cwd() / "benchmarks" / "suite.py",
-        Path(__file__).resolve().parents[2] / "benchmarks" / "suite.py",
-    ]
+    candidates = (
+        [Path(path)]
+        if path
+        else [
+            Path.cwd() / "benchmarks" / "suite.py",
+            Path(__file__).resolve().parents[2] / "benchmarks" / "suite.py",
+        ]
+    )
     for candidate in candidates:
         if candidate.is_file():
             spec = importlib.util.spec_from_file_location("latte_benchmarks_suite", candidate)
@@ -109,10 +121,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(output: Path, suite: ModuleType, config: Any, machine: dict[str, Any], rows: list[dict[str, Any]],
-           started: float) -> dict[str, Any]:
-    result = {"machine": machine, "config": vars(config), "rows": rows,
-              "targets": suite.summarise_targets(rows, config), "wall_seconds": time.perf_counter() - started}
+def _write(
+    output: Path, suite: ModuleType, config: Any, machine: dict[str, Any], rows: list[dict[str, Any]], started: float
+) -> dict[str, Any]:
+    result = {
+        "machine": machine,
+        "config": vars(config),
+        "rows": rows,
+        "targets": suite.summarise_targets(rows, config),
+        "wall_seconds": time.perf_counter() - started,
+    }
     (output / "results.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 

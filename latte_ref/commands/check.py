@@ -71,7 +71,7 @@ def check_one(backend: Any, device: Any, dtype: str, form: str, inputs: tuple[np
     q, k, v = (backend.asarray(a, dtype=dtype, device=device) for a in inputs[:3])
     mask = backend.asarray(inputs[3], dtype="bool", device=device)
     exact = [np.asarray(backend.to_numpy(a), dtype=np.float64) for a in (q, k, v)]
-    expected = reference(form, *exact, inputs[3])
+    expected = reference(form, exact[0], exact[1], exact[2], inputs[3])
 
     start = time.perf_counter()
     y = backend.synchronize(FORMS[form](q, k, v, mask))
@@ -83,12 +83,14 @@ def check_one(backend: Any, device: Any, dtype: str, form: str, inputs: tuple[np
     rel_rms = float(np.sqrt(np.mean(error**2) / np.mean(expected**2)))
     tol = TOLERANCE[dtype]
     passed = bool(np.isfinite(y).all() and rel_rms <= tol and max_abs <= 10 * tol * np.abs(expected).max())
-    return Row(backend.name, str(device).replace("array_api_strict.", ""), dtype, form, max_abs, rel_rms, tol, passed, seconds)
+    return Row(
+        backend.name, str(device).replace("array_api_strict.", ""), dtype, form, max_abs, rel_rms, tol, passed, seconds
+    )
 
 
 def run_checks(backend_names: list[str] | None = None, seq_len: int = 41) -> tuple[list[Row], dict[str, str]]:
     """All rows, and the reason each unavailable backend was skipped."""
-    from latte_ref import backends
+    from latte_ref import backends  # type: ignore[attr-defined]  # installed from backends/ (package-dir)
 
     if "jax" in backends.available_backends():
         backends.get_backend("jax").enable_x64()  # float64 on JAX is an explicit opt-in
@@ -115,7 +117,8 @@ def format_table(rows: list[Row]) -> str:
     for r in rows:
         lines.append(
             f"{r.backend:<17} {r.device[:22]:<22} {r.dtype:<9} {r.form:<20} {r.max_abs_error:>11.2e} "
-            f"{r.rel_rms_error:>11.2e} {r.tolerance:>9.0e} {'PASS' if r.passed else 'FAIL':<6} {r.seconds * 1e3:>6.1f}ms"
+            f"{r.rel_rms_error:>11.2e} {r.tolerance:>9.0e} {'PASS' if r.passed else 'FAIL':<6} "
+            f"{r.seconds * 1e3:>6.1f}ms"
         )
     return "\n".join(lines)
 

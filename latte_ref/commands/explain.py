@@ -208,8 +208,11 @@ def format_example(ex: WorkedExample) -> str:
         "checks, max |difference|:",
     ]
     checks = [
-        ("factor product vs latte_ref.attention_matrix, bidirectional", bidirectional_product,
-         ex.attention_bidirectional),
+        (
+            "factor product vs latte_ref.attention_matrix, bidirectional",
+            bidirectional_product,
+            ex.attention_bidirectional,
+        ),
         ("factor product vs latte_ref.attention_matrix, causal", causal_product, ex.attention_causal),
         ("matrix @ v vs latte_ref.bidirectional", ex.attention_bidirectional @ ex.v, ex.y_bidirectional),
         ("matrix @ v vs latte_ref.causal", ex.attention_causal @ ex.v, ex.y_causal),
@@ -261,8 +264,15 @@ def plot_example(ex: WorkedExample, path: str) -> None:
         for t in range(matrix.shape[0]):
             for s in range(matrix.shape[1] if "bidirectional" in title else t + 1):  # no labels on the masked half
                 # Light text on the dark end of viridis, dark text on the light end.
-                ax.text(s, t, f"{matrix[t, s]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if matrix[t, s] < 0.5 else "black")
+                ax.text(
+                    s,
+                    t,
+                    f"{matrix[t, s]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if matrix[t, s] < 0.5 else "black",
+                )
     fig.colorbar(image, ax=axes, shrink=0.6, label="p(s | t)")
     n_latents = ex.q.shape[1]
     latents = f"L={n_latents} latent" + ("" if n_latents == 1 else "s")
