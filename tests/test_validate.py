@@ -100,25 +100,16 @@ def test_native_torch_passes(form, dtype, tmp_path, request):
     ],
 )
 def test_native_jax_passes(form, names, tmp_path):
-    pytest.importorskip("jax")
-    from latte_ref.backends import native_jax
-
-    report = validate(
-        getattr(native_jax, form),
-        form=form,
-        backend="jax",
-        dtype="float32",
-        with_mask=True,
-        with_state=form == "causal",
-        cases=names,
-        save_dir=tmp_path,
-    )
-    assert report.passed, report
+    _assert_native_jax_passes(form, tmp_path, cases=names)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["causal", "step"])
 def test_native_jax_passes_every_case(form, tmp_path):
+    _assert_native_jax_passes(form, tmp_path)
+
+
+def _assert_native_jax_passes(form, tmp_path, cases=None):
     pytest.importorskip("jax")
     from latte_ref.backends import native_jax
 
@@ -129,6 +120,7 @@ def test_native_jax_passes_every_case(form, tmp_path):
         dtype="float32",
         with_mask=True,
         with_state=form == "causal",
+        cases=cases,
         save_dir=tmp_path,
     )
     assert report.passed, report
