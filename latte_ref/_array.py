@@ -5,6 +5,7 @@ Nothing here knows a framework: arrays are inspected through the Array API alone
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -88,6 +89,11 @@ def check_qkv(
         layout = f"(..., {'T, ' if time_axis else ''}H, {'D' if i == 2 else 'L'})"
         if a.ndim < min_ndim:
             raise ValueError(f"{name} must have at least {min_ndim} axes {layout}, got shape {tuple(a.shape)}")
+        if any(n is None or math.isnan(n) for n in a.shape):  # the standard's None; Dask's nan
+            raise ValueError(
+                f"{name} has an axis of unknown length, shape {tuple(a.shape)}; compute the lengths first"
+                " (on Dask, compute_chunk_sizes())"
+            )
         if not xp.isdtype(a.dtype, "real floating"):
             raise TypeError(f"{name} must be a real floating-point array (float16 to float64), got dtype {a.dtype}")
     if q.shape[-1] == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array_api_compat import is_dask_array
+
 from ._array import (
     Array,
     check_mask,
@@ -58,10 +60,15 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     check_mask(xp, mask, q.shape[:-2], like=q)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
     q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
-    if mask is not None:
-        k, v = mask_keys_and_values(xp, mask, k, v)
     if q.shape[-3] == 0:
         return xp.zeros_like(v, dtype=out_dtype)
+    if is_dask_array(q):
+        # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
+        from .backends import sequence_parallel_dask
+
+        return sequence_parallel_dask.bidirectional(q, k, v, mask=mask, out_dtype=out_dtype)
+    if mask is not None:
+        k, v = mask_keys_and_values(xp, mask, k, v)
 
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
     y = read_out(xp, p_latent_given_query, summarise(xp, k, v))  # [..., T, H, D]

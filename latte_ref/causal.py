@@ -91,10 +91,17 @@ def causal(
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
     q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
+    if state is not None:
+        state = check_state(xp, state, q, v, dtype)
+    if is_dask_array(q):
+        # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
+        from .backends import sequence_parallel_dask
+
+        return sequence_parallel_dask.causal(
+            q, k, v, mask=mask, chunk_size=chunk_size, state=state, return_state=return_state, out_dtype=out_dtype
+        )
     if state is None:
         state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
-    else:
-        state = check_state(xp, state, q, v, dtype)
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
 

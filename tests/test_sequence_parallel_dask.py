@@ -1,0 +1,207 @@
+"""Sequence-parallel Latte on Dask: equal to the NumPy core, and a graph that is parallel along T.
+
+The graph is checked for what the design promises: its depth grows with log2 of the number
+of blocks along T (the scan of states is a tree, not a chain), and no task holds more than
+one block of the sequence plus states. A last test runs it on a LocalCluster of worker
+processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+import latte_ref
+from latte_ref.state import LatteState
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+B, T, H, L, D = 2, 45, 3, 4, 5
+TOLERANCE = 1e-10  # float64, relative to the largest output
+
+
+def _inputs(rng: np.random.Generator, tokens: int = T) -> tuple[np.ndarray, ...]:
+    q, k = rng.normal(size=(2, B, tokens, H, L)) * 3
+    return q, k, rng.normal(size=(B, tokens, H, D)), rng.random((B, tokens)) > 0.25
+
+
+def _dask(arrays: tuple[np.ndarray, ...], chunks: tuple[int, ...]) -> tuple[Any, ...]:
+    """q, k, v, mask as Dask arrays in blocks of ``chunks`` = (batch, T, H) (L and D whole)."""
+    q, k, v, mask = arrays
+    # inline_array: each block's task holds its own slice, not a dependency on the whole NumPy array
+    return (
+        da.from_array(q, chunks=(*chunks, L), inline_array=True),
+        da.from_array(k, chunks=(*chunks, L), inline_array=True),
+        da.from_array(v, chunks=(*chunks, D), inline_array=True),
+        da.from_array(mask, chunks=chunks[:2], inline_array=True),
+    )
+
+
+def _error(result: Any, reference: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(result.compute(scheduler="sync")) - reference)) / np.max(np.abs(reference)))
+
+
+# Blocks along T of 9 tokens (not a multiple of chunk_size=4), 8 (a multiple), 1 token, and the whole sequence;
+# blocks along the batch axis and the heads too.
+CHUNKINGS = [(1, 9, 3), (2, 8, 3), (2, 1, 1), (1, T, 2), (2, (20, 5, 11, 9), 3)]
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
+def test_causal_matches_numpy(chunks: tuple[Any, ...], masked: bool, rng: np.random.Generator) -> None:
+    arrays = _inputs(rng)
+    q, k, v, mask = _dask(arrays, chunks)
+    mask, arrays = (mask, arrays) if masked else (None, (*arrays[:3], None))
+    y, state = latte_ref.causal(q, k, v, mask=mask, chunk_size=4, return_state=True)
+    y_ref, state_ref = latte_ref.causal(*arrays[:3], mask=arrays[3], chunk_size=4, return_state=True)
+    assert isinstance(y, da.Array) and y.chunks[:3] == q.chunks[:3]
+    assert _error(y, y_ref) <= TOLERANCE
+    for field, reference in zip(LatteState._fields, state_ref, strict=True):
+        assert _error(getattr(state, field), reference) <= TOLERANCE, field
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=str)
+def test_bidirectional_matches_numpy(chunks: tuple[Any, ...], rng: np.random.Generator) -> None:
+    arrays = _inputs(rng)
+    q, k, v, mask = _dask(arrays, chunks)
+    y = latte_ref.bidirectional(q, k, v, mask=mask)
+    assert isinstance(y, da.Array)
+    assert _error(y, latte_ref.bidirectional(*arrays[:3], mask=arrays[3])) <= TOLERANCE
+
+
+def test_state_carries_between_calls(rng: np.random.Generator) -> None:
+    """Two calls, the second given the first's state, equal one call over the whole sequence."""
+    arrays = _inputs(rng)
+    q, k, v, mask = _dask(arrays, (1, 7, 2))
+    head, state = latte_ref.causal(q[:, :20], k[:, :20], v[:, :20], mask=mask[:, :20], return_state=True)
+    tail = latte_ref.causal(q[:, 20:], k[:, 20:], v[:, 20:], mask=mask[:, 20:], state=state)
+    y = da.concatenate([head, tail], axis=1)
+    assert _error(y, latte_ref.causal(*arrays[:3], mask=arrays[3])) <= TOLERANCE
+
+
+def test_16_bit_inputs_are_computed_in_float32(rng: np.random.Generator) -> None:
+    q, k, v = (x.astype(np.float16) for x in _inputs(rng)[:3])
+    y = latte_ref.causal(*(da.from_array(x, chunks=(1, 10, H, x.shape[-1])) for x in (q, k, v)))
+    assert y.dtype == np.float16
+    assert _error(y.astype(np.float64), latte_ref.causal(q, k, v).astype(np.float64)) <= 1e-3
+
+
+def test_empty_sequence(rng: np.random.Generator) -> None:
+    q, k, v, mask = _dask(_inputs(rng, tokens=0), (1, 1, 3))
+    y, state = latte_ref.causal(q, k, v, mask=mask, return_state=True)
+    assert y.shape == (B, 0, H, D)
+    assert np.all(np.isneginf(state.running_max.compute())) and not np.any(state.numerator.compute())
+    assert latte_ref.bidirectional(q, k, v).shape == (B, 0, H, D)
+
+
+def test_unknown_chunk_sizes_are_refused(rng: np.random.Generator) -> None:
+    q, k, v, _ = _dask(_inputs(rng), (1, 9, 3))
+    keep = da.from_array(np.arange(T) % 2 == 0, chunks=9)
+    with pytest.raises(ValueError, match="unknown length"):
+        latte_ref.causal(q[:, keep], k[:, keep], v[:, keep])
+
+
+# -- the shape of the graph --------------------------------------------------------------------------------------
+
+
+def _depth(collection: Any) -> int:
+    """The number of tasks on the longest chain of the collection's graph."""
+    from dask.core import get_deps
+
+    dependencies, _ = get_deps(dict(collection.__dask_graph__()))
+    memo: dict[Any, int] = {}
+
+    def depth(key: Any) -> int:
+        if key not in memo:
+            memo[key] = 1 + max((depth(d) for d in dependencies[key]), default=0)
+        return memo[key]
+
+    return max(depth(key) for key in dependencies)
+
+
+# Tasks on the longest chain beyond those of a sequence in two blocks, for n blocks along T.
+EXTRA_DEPTH = {
+    # the last block's outputs wait for a scan of the local states of the n - 1 blocks before it
+    "causal": lambda n: math.ceil(math.log2(n - 1)),
+    # every block's outputs wait for a tree that merges all n local states
+    "bidirectional": lambda n: math.ceil(math.log2(n)) - 1,
+}
+
+
+@pytest.mark.parametrize("form", ["causal", "bidirectional"])
+def test_graph_depth_grows_with_log2_of_the_blocks(form: str, rng: np.random.Generator) -> None:
+    """Per doubling of the blocks along T, one more round of merges: a tree, not a chain."""
+    function = getattr(latte_ref, form)
+    depths = {}
+    for n_blocks in (2, 3, 8, 17, 64):
+        q, k, v, _ = _dask(_inputs(rng, tokens=2 * n_blocks), (B, 2, H))
+        depths[n_blocks] = _depth(function(q, k, v))
+    assert {n: d - depths[2] for n, d in depths.items()} == {n: EXTRA_DEPTH[form](n) for n in depths}
+
+
+def test_no_task_holds_more_than_a_block_and_states(rng: np.random.Generator) -> None:
+    """Run the graph, record every result's size, and bound what each task holds: its inputs and its result."""
+    from dask.callbacks import Callback
+    from dask.core import get_deps
+    from dask.sizeof import sizeof
+
+    block_tokens, n_blocks = 16, 8
+    q, k, v, mask = _dask(_inputs(rng, tokens=block_tokens * n_blocks), (B, block_tokens, H))
+    y, _ = latte_ref.causal(q, k, v, mask=mask, return_state=True)
+    graph: dict[Any, Any] = {}
+    sizes: dict[Any, int] = {}
+
+    def start_state(dsk: Any, state: Any) -> None:  # the graph run, and the blocks it starts with as data
+        graph.update(dsk)
+        sizes.update((key, sizeof(value)) for key, value in state["cache"].items())
+
+    def posttask(key: Any, result: Any, *_: Any) -> None:
+        sizes[key] = sizeof(result)
+
+    with Callback(start_state=start_state, posttask=posttask):
+        y.persist(scheduler="sync")  # the blocks, without compute's final concatenation into one array
+    dependencies, _ = get_deps(graph)
+    held = {key: sizes[key] + sum(sizes[d] for d in dependencies[key]) for key in sizes}
+
+    one_block = sum(x.blocks[0, 0, 0].nbytes for x in (q, k, v, y)) + mask.blocks[0, 0].nbytes
+    state_bytes = B * H * L * (D + 2) * 8
+    assert len(sizes) > 3 * n_blocks  # the graph has per-block tasks
+    assert max(held.values()) <= one_block + 3 * state_bytes + 2048, max(held.items(), key=lambda kv: kv[1])
+
+
+def test_building_the_graph_computes_nothing(rng: np.random.Generator) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a Dask graph was computed while it was being built")
+
+    q, k, v, mask = _dask(_inputs(rng), (1, 9, 3))
+    with dask.config.set(scheduler=refuse):
+        _, state = latte_ref.causal(q, k, v, mask=mask, return_state=True)
+        latte_ref.causal(q, k, v, state=state)
+        latte_ref.bidirectional(q, k, v, mask=mask)
+
+
+# -- on a cluster ------------------------------------------------------------------------------------------------
+
+
+def test_on_a_local_cluster_of_worker_processes(rng: np.random.Generator) -> None:
+    """Two worker processes on loopback, started and stopped here; results equal the NumPy core."""
+    distributed = pytest.importorskip("distributed")
+    arrays = _inputs(rng, tokens=96)
+    q, k, v, mask = _dask(arrays, (1, 16, 3))
+    y_causal, y_bidirectional = latte_ref.causal(q, k, v, mask=mask), latte_ref.bidirectional(q, k, v, mask=mask)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with distributed.get_task_stream(client) as tasks:
+            causal, bidirectional = client.compute([y_causal, y_bidirectional], sync=True)
+    assert len({task["worker"] for task in tasks.data}) == 2  # both processes did work
+    for result, form in ((causal, latte_ref.causal), (bidirectional, latte_ref.bidirectional)):
+        reference = form(*arrays[:3], mask=arrays[3])
+        assert np.max(np.abs(result - reference)) <= TOLERANCE * np.max(np.abs(reference))
