@@ -110,8 +110,9 @@ def check_qkv(
 def same_device(**arrays: Array | None) -> None:
     """Raise a ``ValueError`` naming the arrays (``None`` skipped) when they are not all on one device."""
     devices = {name: array_device(a) for name, a in arrays.items() if a is not None}
-    # A JAX tracer has no device (None): it takes the device of whatever it is combined with.
-    if len({str(d) for d in devices.values() if d is not None}) > 1:
+    # A JAX tracer has no device (None), and a JAX array sharded over several devices has a
+    # sharding (with a device_set) instead: JAX places both where they are combined.
+    if len({str(d) for d in devices.values() if d is not None and not hasattr(d, "device_set")}) > 1:
         where = ", ".join(f"{name} on {d}" for name, d in devices.items())
         raise ValueError(f"arrays must be on one device, got {where}")
 
