@@ -9,6 +9,12 @@ installed and usable here (and why not), which devices and dtypes it has, how to
 make an array from NumPy on a device and dtype, how to wait for a result, and how
 to bring a result back to NumPy.
 
+Beside the adapters, modules that use a framework's own machinery:
+``native_torch`` and ``native_jax`` (independent implementations to validate the
+core against), ``sequence_parallel_dask`` (the graph that :func:`latte_ref.causal`
+and :func:`latte_ref.bidirectional` build for Dask arrays chunked along T) and
+``sequence_parallel_jax`` (T sharded across the devices of a mesh).
+
 Examples
 --------
 >>> from latte_ref import backends
