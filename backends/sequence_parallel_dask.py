@@ -8,7 +8,7 @@ for every block of the batch axes and heads is
 .. code-block:: text
 
     local_i  = summarise(k_i, v_i)                         n tasks, one block each
-    before_i = state ⊕ local_0 ⊕ ... ⊕ local_(i-1)          a scan: ceil(log2 n) rounds
+    before_i = state ⊕ local_0 ⊕ ... ⊕ local_(i-1)          a scan: at most ceil(log2(n + 1)) rounds
     y_i      = causal(q_i, k_i, v_i, state=before_i)       n tasks, one block and one state each
 
 and, bidirectionally, ``total = local_0 ⊕ ... ⊕ local_(n-1)`` reduced as a binary tree
@@ -164,9 +164,11 @@ def _state_blocks(state: LatteState, q: da.Array) -> Any:
     batch_and_heads = (*q.chunks[:-3], q.chunks[-2])
     n_latents, head_dim = state.numerator.shape[-2:]
     running_max, normaliser = (
-        x.rechunk((*batch_and_heads, (n_latents,))).to_delayed()[..., 0] for x in (state.running_max, state.normaliser)
+        x.rechunk((*batch_and_heads, (n_latents,))).to_delayed(optimize_graph=False)[..., 0]
+        for x in (state.running_max, state.normaliser)
     )
-    numerator = state.numerator.rechunk((*batch_and_heads, (n_latents,), (head_dim,))).to_delayed()[..., 0, 0]
+    numerator = state.numerator.rechunk((*batch_and_heads, (n_latents,), (head_dim,)))
+    numerator = numerator.to_delayed(optimize_graph=False)[..., 0, 0]
     blocks = np.empty(running_max.shape, dtype=object)
     for index in np.ndindex(*blocks.shape):
         blocks[index] = _as_state(running_max[index], normaliser[index], numerator[index])

@@ -78,7 +78,8 @@ def causal(
         The devices; a one-axis mesh of all of them when omitted.
     axis_name : str, optional
         The mesh axis that T is split along; may be omitted for a one-axis mesh.
-        T must be a multiple of the number of devices along it (pad with ``mask``).
+        T must be a positive multiple of the number of devices along it (pad with ``mask``).
+        Other mesh axes hold copies: every device along them does the same work.
 
     Returns
     -------
@@ -96,6 +97,8 @@ def causal(
     else:
         state = check_state(xp, state, q, v, q.dtype)
     state = _placed(state, mesh, PartitionSpec())  # replicated
+    # A chunk longer than a device's slice would only be padding.
+    chunk_size = min(chunk_size, q.shape[-3] // mesh.shape[axis_name])
     y, final = _sharded_causal(mesh, axis_name, q.ndim, chunk_size)(q, k, v, mask, state)
     y = xp.astype(y, out_dtype)
     return (y, final) if return_state else y
@@ -200,7 +203,8 @@ def _sharded_bidirectional(mesh: Any, axis_name: str, ndim: int) -> Any:
     def on_each_device(q: Any, k: Any, v: Any, mask: Any) -> Any:
         k, v = mask_keys_and_values(jnp, mask, k, v)
         local = summarise(jnp, k, v)
-        running_max = jax.lax.pmax(local.running_max, axis_name)  # [..., H, L]
+        # The max is only a shift (any value gives the same ratios), and pmax has no derivative rule.
+        running_max = jax.lax.pmax(jax.lax.stop_gradient(local.running_max), axis_name)  # [..., H, L]
         rescale = jnp.exp(local.running_max - finite_or_zero(jnp, running_max))
         total = LatteState(
             running_max,

@@ -43,9 +43,16 @@ def write_inputs(data: Path, tokens: int, heads: int, latents: int, head_dim: in
     """q, k (1, T, H, L) and v (1, T, H, D) as float32 .npy stacks along T, unless they are there already."""
     rng = da.random.default_rng(seed)
     for name, width in (("q", latents), ("k", latents), ("v", head_dim)):
+        shape = (1, tokens, heads, width)
         if (data / name / "info").exists():
+            stored = da.from_npy_stack(str(data / name), mmap_mode="r")
+            if stored.shape != shape or stored.chunks[1][0] != block:
+                raise SystemExit(
+                    f"{data / name} holds shape {stored.shape} in blocks of {stored.chunks[1][0]} tokens, not"
+                    f" {shape} in blocks of {block}: use another --data folder"
+                )
             continue
-        x = rng.standard_normal((1, tokens, heads, width), chunks=(1, block, heads, width), dtype=np.float32)
+        x = rng.standard_normal(shape, chunks=(1, block, heads, width), dtype=np.float32)
         with dask.config.set(scheduler="threads"):
             da.to_npy_stack(str(data / name), x, axis=1)
 

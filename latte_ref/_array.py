@@ -55,8 +55,12 @@ def namespace_of(**arrays: Array | None) -> Any:
 
 
 def device_of(x: Array) -> Any:
-    """The device of an array (``"cpu"`` for NumPy)."""
-    return array_device(x)
+    """The device of an array (``"cpu"`` for NumPy); None for a JAX array sharded over several devices.
+
+    None lets JAX place what is made for such an array, as it does when the two are combined.
+    """
+    device = array_device(x)
+    return None if hasattr(device, "device_set") else device
 
 
 def compute_dtype(xp: Any, *arrays: Array) -> tuple[Any, Any]:
@@ -89,7 +93,7 @@ def check_qkv(
         layout = f"(..., {'T, ' if time_axis else ''}H, {'D' if i == 2 else 'L'})"
         if a.ndim < min_ndim:
             raise ValueError(f"{name} must have at least {min_ndim} axes {layout}, got shape {tuple(a.shape)}")
-        if any(n is None or math.isnan(n) for n in a.shape):  # the standard's None; Dask's nan
+        if any(n is None or (isinstance(n, float) and math.isnan(n)) for n in a.shape):  # standard: None; Dask: nan
             raise ValueError(
                 f"{name} has an axis of unknown length, shape {tuple(a.shape)}; compute the lengths first"
                 " (on Dask, compute_chunk_sizes())"
@@ -109,10 +113,9 @@ def check_qkv(
 
 def same_device(**arrays: Array | None) -> None:
     """Raise a ``ValueError`` naming the arrays (``None`` skipped) when they are not all on one device."""
-    devices = {name: array_device(a) for name, a in arrays.items() if a is not None}
-    # A JAX tracer has no device (None), and a JAX array sharded over several devices has a
-    # sharding (with a device_set) instead: JAX places both where they are combined.
-    if len({str(d) for d in devices.values() if d is not None and not hasattr(d, "device_set")}) > 1:
+    devices = {name: device_of(a) for name, a in arrays.items() if a is not None}
+    # None, for a JAX tracer or an array sharded over several devices: JAX places it where it is combined.
+    if len({str(d) for d in devices.values() if d is not None}) > 1:
         where = ", ".join(f"{name} on {d}" for name, d in devices.items())
         raise ValueError(f"arrays must be on one device, got {where}")
 

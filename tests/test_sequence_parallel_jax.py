@@ -37,6 +37,7 @@ def test_on_four_cpu_devices() -> None:
     env = {
         **os.environ,
         "LATTE_REF_SHARDED_DEVICES": str(N_DEVICES),
+        "JAX_PLATFORMS": "cpu",  # the flag below adds CPU devices; a GPU would otherwise be the default
         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={N_DEVICES}",
     }
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", __file__]
@@ -112,10 +113,23 @@ def test_gradients_equal_one_device(sharded: Any, rng: np.random.Generator) -> N
     def loss(form: Any) -> Any:
         return lambda q, k, v: (form(q, k, v, mask=mask) ** 2).sum()
 
-    grads = jax.grad(loss(sharded.causal), argnums=(0, 1, 2))(q, k, v)
-    grads_one = jax.grad(loss(latte_ref.causal), argnums=(0, 1, 2))(q, k, v)
-    for got, expected in zip(grads, grads_one, strict=True):
-        assert _error(got, expected) <= 1e-9
+    for form in ("causal", "bidirectional"):
+        grads = jax.grad(loss(getattr(sharded, form)), argnums=(0, 1, 2))(q, k, v)
+        grads_one = jax.grad(loss(getattr(latte_ref, form)), argnums=(0, 1, 2))(q, k, v)
+        for got, expected in zip(grads, grads_one, strict=True):
+            assert _error(got, expected) <= 1e-9, form
+
+
+@several_devices
+def test_the_core_takes_sharded_arrays(sharded: Any, rng: np.random.Generator) -> None:
+    """Arrays sharded over several devices (such as the outputs here) are valid input to the core."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    q, k, v, mask = _inputs(rng)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("sequence",))
+    placed = [jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "sequence"))) for x in (q, k, v, mask)]
+    y = latte_ref.causal(*placed[:3], mask=placed[3])
+    assert _error(y, latte_ref.causal(q, k, v, mask=mask)) <= TOLERANCE
 
 
 @several_devices
