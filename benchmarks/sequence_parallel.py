@@ -12,8 +12,8 @@ peak resident memory (``ru_maxrss``: the worker process from its start, imports 
 The output's first two blocks are checked against the NumPy core computed in this process
 (the second block reads the state the cluster carried over from the first).
 
-    python benchmarks/sequence_parallel.py --data /big/disk/latte-16m                  # 16M tokens
-    python benchmarks/sequence_parallel.py --data /tmp/latte-1m --tokens 1048576 --workers 1 2
+    python benchmarks/sequence_parallel.py --data latte-16m                  # 16M tokens
+    python benchmarks/sequence_parallel.py --data latte-1m --tokens 1048576 --workers 1 2
 """
 
 from __future__ import annotations
