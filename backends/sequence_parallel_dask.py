@@ -33,8 +33,8 @@ from array_api_compat import array_namespace
 from dask.array.utils import meta_from_array
 
 import latte_ref
-from latte_ref._array import mask_keys_and_values, mask_output, softmax
-from latte_ref.state import LatteState, combine, read_out, summarise
+from latte_ref._array import mask_keys_and_values
+from latte_ref.state import LatteState, combine, read_queries, summarise
 
 __all__ = ["bidirectional", "causal", "inclusive_scan", "tree_reduce"]
 
@@ -131,8 +131,6 @@ def _local_state(k: Any, v: Any, mask: Any) -> LatteState:
     xp = array_namespace(k, v)
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
-    if k.shape[-3] == 0:
-        return latte_ref.init_state(k.shape[:-3], k.shape[-2], k.shape[-1], v.shape[-1], xp=xp, dtype=k.dtype)
     return summarise(xp, k, v)
 
 
@@ -152,8 +150,7 @@ def _causal_block(q: Any, k: Any, v: Any, mask: Any, state: LatteState | None, c
 def _read_block(q: Any, mask: Any, total: LatteState, dtype: Any) -> Any:
     """One block's bidirectional outputs: its queries read against the whole sequence's state."""
     xp = array_namespace(q)
-    y = mask_output(xp, mask, read_out(xp, softmax(xp, q, axis=-1), total))
-    return xp.astype(y, dtype)
+    return xp.astype(read_queries(xp, q, mask, total), dtype)
 
 
 # -- states in and out -------------------------------------------------------------------------------------------

@@ -46,10 +46,9 @@ from latte_ref._array import (
     mask_keys_and_values,
     mask_output,
     namespace_of,
-    softmax,
 )
 from latte_ref.causal import DEFAULT_CHUNK_SIZE, causal_chunk
-from latte_ref.state import LatteState, check_state, combine, init_state, read_out, summarise
+from latte_ref.state import LatteState, check_state, combine, init_state, read_queries, summarise
 
 __all__ = ["bidirectional", "causal"]
 
@@ -211,7 +210,7 @@ def _sharded_bidirectional(mesh: Any, axis_name: str, ndim: int) -> Any:
             jax.lax.psum(local.normaliser * rescale, axis_name),
             jax.lax.psum(local.numerator * rescale[..., None], axis_name),
         )
-        return mask_output(jnp, mask, read_out(jnp, softmax(jnp, q, axis=-1), total))
+        return read_queries(jnp, q, mask, total)
 
     sequence, mask_spec = _specs(axis_name, ndim)
     return jax.jit(

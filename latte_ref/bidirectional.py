@@ -10,11 +10,9 @@ from ._array import (
     check_qkv,
     compute_dtype,
     mask_keys_and_values,
-    mask_output,
     namespace_of,
-    softmax,
 )
-from .state import read_out, summarise
+from .state import read_queries, summarise
 
 __all__ = ["bidirectional"]
 
@@ -70,6 +68,6 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
 
-    p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
-    y = read_out(xp, p_latent_given_query, summarise(xp, k, v))  # [..., T, H, D]
-    return xp.astype(mask_output(xp, mask, y), out_dtype)
+    # p(l | t) = softmax_l q, read against the state of the whole sequence
+    y = read_queries(xp, q, mask, summarise(xp, k, v))  # [..., T, H, D]
+    return xp.astype(y, out_dtype)

@@ -24,13 +24,16 @@ from ._array import (
     Array,
     check_dtype_request,
     check_positive_int,
+    device_of,
     finite_or_zero,
+    mask_output,
     namespace_of,
     safe_divide,
     same_device,
+    softmax,
 )
 
-__all__ = ["LatteState", "check_state", "combine", "init_state", "read_out", "summarise"]
+__all__ = ["LatteState", "check_state", "combine", "init_state", "read_out", "read_queries", "summarise"]
 
 
 class LatteState(NamedTuple):
@@ -131,8 +134,11 @@ def combine(earlier: LatteState, later: LatteState) -> LatteState:
 def summarise(xp: Any, k: Array, v: Array) -> LatteState:
     """The state of a whole segment at once, from masked keys (``-inf`` for padding).
 
-    k: (..., T, H, L), v: (..., T, H, D) -> state of the T tokens.
+    k: (..., T, H, L), v: (..., T, H, D) -> state of the T tokens (the empty state when T = 0).
     """
+    if k.shape[-3] == 0:
+        batch, (n_heads, n_latents), head_dim = k.shape[:-3], k.shape[-2:], v.shape[-1]
+        return init_state(batch, n_heads, n_latents, head_dim, xp=xp, dtype=k.dtype, device=device_of(k))
     running_max = xp.max(k, axis=-3)  # [..., H, L]
     weights = xp.exp(k - finite_or_zero(xp, running_max)[..., None, :, :])  # [..., T, H, L]
     weights_hlt = xp.moveaxis(weights, -3, -1)  # [..., H, L, T]
@@ -145,6 +151,14 @@ def read_out(xp: Any, p_latent_given_query: Array, state: LatteState) -> Array:
     latent_values = safe_divide(xp, state.numerator, state.normaliser[..., None])  # [..., H, L, D]
     p_hlt = xp.moveaxis(p_latent_given_query, -3, -2)  # [..., H, T, L]
     return xp.moveaxis(p_hlt @ latent_values, -2, -3)  # [..., T, H, D]
+
+
+def read_queries(xp: Any, q: Array, mask: Array | None, state: LatteState) -> Array:
+    """Queries q (..., T, H, L) read against one state, ``softmax_l(q)`` then :func:`read_out`; 0 where padded.
+
+    mask: (..., T) or None -> y (..., T, H, D).
+    """
+    return mask_output(xp, mask, read_out(xp, softmax(xp, q, axis=-1), state))
 
 
 def _check_state_arrays(name: str, state: object) -> Any:
