@@ -10,6 +10,7 @@ import numbers
 import warnings
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 from array_api_compat import device as array_device
 
@@ -28,6 +29,7 @@ __all__ = [
     "mask_keys_and_values",
     "mask_output",
     "namespace_of",
+    "resolve_namespace",
     "safe_divide",
     "same_device",
     "softmax",
@@ -52,6 +54,52 @@ def namespace_of(**arrays: Array | None) -> Any:
     except TypeError as exc:
         kinds = ", ".join(f"{name}: {type(a).__module__}.{type(a).__name__}" for name, a in given.items())
         raise TypeError(f"arrays from different array libraries cannot be mixed ({kinds})") from exc
+
+
+def resolve_namespace(xp: Any) -> Any:
+    """The Array-API namespace for ``xp``: NumPy when ``None``; modules like ``torch`` or ``jax.numpy`` get wrapped."""
+    if xp is None:
+        return array_namespace(np.empty(0))
+    return array_namespace(xp.asarray(0.0))
+
+
+def _prepare_qkv(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    *,
+    time_axis: bool = True,
+    names: tuple[str, str, str] = ("q", "k", "v"),
+    mask_name: str = "mask",
+) -> tuple[Any, Array, Array, Array, Any, Any]:
+    """The preamble every form shares: check q, k, v and the mask, and cast to the computation dtype.
+
+    Parameters
+    ----------
+    q, k : array, shape (..., [T,] H, L)
+    v : array, shape (..., [T,] H, D)
+    mask : bool array, shape (..., [T]), optional
+        Checked against the axes of q before H, L, and on q's device.
+    time_axis : bool
+        Whether the arrays have a T axis (False for one token, as in :func:`latte_ref.step`).
+    names, mask_name : str
+        The argument names that error messages use.
+
+    Returns
+    -------
+    xp : namespace
+    q, k, v : arrays
+        In the computation dtype (see :func:`compute_dtype`); not copied when already in it.
+    out_dtype, dtype : dtypes
+        The result dtype and the computation dtype.
+    """
+    xp = namespace_of(**{names[0]: q, names[1]: k, names[2]: v, mask_name: mask})
+    check_qkv(q, k, v, time_axis=time_axis, names=names)
+    check_mask(xp, mask, q.shape[:-2], name=mask_name, like=q)
+    out_dtype, dtype = compute_dtype(xp, q, k, v)
+    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
+    return xp, q, k, v, out_dtype, dtype
 
 
 def device_of(x: Array) -> Any:

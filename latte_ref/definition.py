@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from ._array import (
-    Array,
-    causal_weighted_sum,
-    check_flag,
-    check_mask,
-    check_qkv,
-    compute_dtype,
-    device_of,
-    namespace_of,
-    softmax,
-)
+from ._array import Array, _prepare_qkv, causal_weighted_sum, check_flag, device_of, softmax
 
 __all__ = ["attention_matrix", "definition"]
 
@@ -49,12 +39,8 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
     >>> a.shape, bool(np.allclose(a.sum(-1), 1)), bool(np.all(np.triu(a[0], 1) == 0))
     ((1, 4, 4), True, True)
     """
-    xp = namespace_of(q=q, k=k, mask=mask)
-    check_qkv(q, k, k, names=("q", "k", "k"))
-    check_mask(xp, mask, q.shape[:-2], like=q)
+    xp, q, k, _, out_dtype, _ = _prepare_qkv(q, k, k, mask, names=("q", "k", "k"))
     check_flag("causal", causal)
-    out_dtype, dtype = compute_dtype(xp, q, k)
-    q, k = xp.astype(q, dtype), xp.astype(k, dtype)
     n = q.shape[-3]
     if n == 0:
         return xp.zeros((*q.shape[:-3], q.shape[-2], 0, 0), dtype=out_dtype, device=device_of(q))
@@ -96,13 +82,9 @@ def definition(q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None
     >>> bool(np.allclose(latte_ref.definition(q, k, v, causal=False), latte_ref.bidirectional(q, k, v)))
     True
     """
-    xp = namespace_of(q=q, k=k, v=v, mask=mask)
-    check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2], like=q)
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask)
     check_flag("causal", causal)
-    out_dtype, dtype = compute_dtype(xp, q, k, v)
-    a = attention_matrix(xp.astype(q, dtype), xp.astype(k, dtype), causal=causal, mask=mask)  # [..., H, T, T]
-    v = xp.astype(v, dtype)
+    a = attention_matrix(q, k, causal=causal, mask=mask)  # [..., H, T, T]
     if mask is not None:
         v = xp.where(mask[..., None, None], v, xp.zeros_like(v))  # a padded value is never read
     v_htd = xp.moveaxis(v, -3, -2)  # [..., H, T, D]

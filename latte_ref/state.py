@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
+
 from ._array import (
     Array,
     check_dtype_request,
@@ -28,12 +30,22 @@ from ._array import (
     finite_or_zero,
     mask_output,
     namespace_of,
+    resolve_namespace,
     safe_divide,
     same_device,
     softmax,
 )
 
-__all__ = ["LatteState", "check_state", "combine", "init_state", "read_out", "read_queries", "summarise"]
+__all__ = [
+    "LatteState",
+    "check_state",
+    "combine",
+    "empty_state",
+    "init_state",
+    "read_out",
+    "read_queries",
+    "summarise",
+]
 
 
 class LatteState(NamedTuple):
@@ -86,8 +98,6 @@ def init_state(
     >>> s.running_max.shape, s.numerator.shape
     ((2, 4, 3), (2, 4, 3, 5))
     """
-    from ._layer import resolve_namespace
-
     xp = resolve_namespace(xp)
     if not isinstance(batch_shape, tuple) or not all(
         isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in batch_shape
@@ -97,7 +107,7 @@ def init_state(
     n_latents = check_positive_int("n_latents", n_latents)
     head_dim = check_positive_int("head_dim", head_dim)
     if dtype is None:
-        dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+        dtype = xpx.default_dtype(xp, device=device)
     dtype = check_dtype_request(xp, dtype, device)
     shape = (*batch_shape, n_heads, n_latents)
     return LatteState(
@@ -105,6 +115,16 @@ def init_state(
         normaliser=xp.zeros(shape, dtype=dtype, device=device),
         numerator=xp.zeros((*shape, head_dim), dtype=dtype, device=device),
     )
+
+
+def empty_state(xp: Any, q: Array, v: Array, dtype: Any, *, time_axis: bool = True) -> LatteState:
+    """The state of an empty history for q (..., [T,] H, L) and v (..., [T,] H, D), in ``dtype`` on q's device.
+
+    Shapes: running_max and normaliser (..., H, L), numerator (..., H, L, D), with ``...`` the
+    batch axes of q (all axes before T, or before H when ``time_axis`` is False).
+    """
+    batch = q.shape[:-3] if time_axis else q.shape[:-2]
+    return init_state(tuple(batch), q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
 
 
 def combine(earlier: LatteState, later: LatteState) -> LatteState:
@@ -137,8 +157,7 @@ def summarise(xp: Any, k: Array, v: Array) -> LatteState:
     k: (..., T, H, L), v: (..., T, H, D) -> state of the T tokens (the empty state when T = 0).
     """
     if k.shape[-3] == 0:
-        batch, (n_heads, n_latents), head_dim = k.shape[:-3], k.shape[-2:], v.shape[-1]
-        return init_state(batch, n_heads, n_latents, head_dim, xp=xp, dtype=k.dtype, device=device_of(k))
+        return empty_state(xp, k, v, k.dtype)
     running_max = xp.max(k, axis=-3)  # [..., H, L]
     weights = xp.exp(k - finite_or_zero(xp, running_max)[..., None, :, :])  # [..., T, H, L]
     weights_hlt = xp.moveaxis(weights, -3, -1)  # [..., H, L, T]
