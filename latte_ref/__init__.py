@@ -19,6 +19,9 @@ from .definition import attention_matrix, definition
 from .recurrent import recurrent, step
 from .state import LatteState, combine, init_state
 
+# Last: the sequence-parallel algorithms sit above the forms and register themselves with them.
+from . import parallel  # noqa: F401  isort: skip
+
 __version__ = "0.1.0"
 
 __all__ = [

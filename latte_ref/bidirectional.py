@@ -12,6 +12,7 @@ from ._array import (
     mask_keys_and_values,
     namespace_of,
 )
+from ._dispatch import sequence_parallel
 from .state import read_queries, summarise
 
 __all__ = ["bidirectional"]
@@ -62,9 +63,7 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
         return xp.zeros_like(v, dtype=out_dtype)
     if is_dask_array(q):
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
-        from .backends import sequence_parallel_dask
-
-        return sequence_parallel_dask.bidirectional(q, k, v, mask=mask, out_dtype=out_dtype)
+        return sequence_parallel("dask").bidirectional(q, k, v, mask=mask, out_dtype=out_dtype)
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
 

@@ -22,6 +22,7 @@ from ._array import (
     safe_divide,
     softmax,
 )
+from ._dispatch import sequence_parallel
 from .state import LatteState, check_state, init_state
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "causal"]
@@ -95,9 +96,7 @@ def causal(
         state = check_state(xp, state, q, v, dtype)
     if is_dask_array(q):
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
-        from .backends import sequence_parallel_dask
-
-        return sequence_parallel_dask.causal(
+        return sequence_parallel("dask").causal(
             q, k, v, mask=mask, chunk_size=chunk_size, state=state, return_state=return_state, out_dtype=out_dtype
         )
     if state is None:

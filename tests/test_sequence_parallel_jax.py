@@ -48,7 +48,7 @@ def test_on_four_cpu_devices() -> None:
 
 @pytest.fixture
 def sharded() -> Any:
-    from latte_ref.backends import sequence_parallel_jax
+    from latte_ref.parallel import jax as sequence_parallel_jax
 
     assert jax.device_count() == N_DEVICES
     return sequence_parallel_jax

@@ -22,7 +22,7 @@ JAX is imported inside the functions, so importing this module needs no JAX.
 Examples
 --------
 >>> import numpy as np, jax, jax.numpy as jnp, latte_ref
->>> from latte_ref.backends import sequence_parallel_jax
+>>> from latte_ref.parallel import jax as sequence_parallel_jax
 >>> q, k, v = np.random.default_rng(0).normal(size=(3, 2, 64, 4, 8)).astype(np.float32)
 >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("sequence",))
 >>> y = sequence_parallel_jax.causal(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mesh=mesh)
@@ -35,20 +35,17 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from latte_ref._array import (
+from .._array import (
     Array,
+    _prepare_qkv,
     check_chunk_size,
     check_flag,
-    check_mask,
-    check_qkv,
-    compute_dtype,
     finite_or_zero,
     mask_keys_and_values,
     mask_output,
-    namespace_of,
 )
-from latte_ref.causal import DEFAULT_CHUNK_SIZE, causal_chunk
-from latte_ref.state import LatteState, check_state, combine, init_state, read_queries, summarise
+from ..causal import DEFAULT_CHUNK_SIZE, causal_chunk
+from ..state import LatteState, check_state, combine, empty_state, read_queries, summarise
 
 __all__ = ["bidirectional", "causal"]
 
@@ -92,7 +89,7 @@ def causal(
     check_flag("return_state", return_state)
     xp, q, k, v, mask, out_dtype, mesh, axis_name = _prepare(q, k, v, mask, mesh, axis_name)
     if state is None:
-        state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=q.dtype)
+        state = empty_state(xp, q, v, q.dtype)
     else:
         state = check_state(xp, state, q, v, q.dtype)
     state = _placed(state, mesh, PartitionSpec())  # replicated
@@ -119,9 +116,7 @@ def _prepare(q: Array, k: Array, v: Array, mask: Array | None, mesh: Any, axis_n
     import jax
     import numpy as np
 
-    xp = namespace_of(q=q, k=k, v=v, mask=mask)
-    check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2], like=q)
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask)
     if mesh is None:
         mesh = jax.sharding.Mesh(np.array(jax.devices()), ("sequence",))
     if axis_name is None:
@@ -136,8 +131,6 @@ def _prepare(q: Array, k: Array, v: Array, mask: Array | None, mesh: Any, axis_n
             f"T = {q.shape[-3]} must be a positive multiple of the {n_devices} devices along mesh axis"
             f" {axis_name!r}; pad the sequence and mark the padding with mask"
         )
-    out_dtype, dtype = compute_dtype(xp, q, k, v)
-    q, k, v = (xp.astype(a, dtype) for a in (q, k, v))
     if mask is None:
         mask = xp.ones(q.shape[:-2], dtype=xp.bool)
     sequence, mask_spec = _specs(axis_name, q.ndim)

@@ -1,7 +1,7 @@
 r"""Sequence-parallel Latte on Dask: a sequence chunked along T becomes a graph of per-block tasks.
 
 :func:`latte_ref.causal` and :func:`latte_ref.bidirectional` hand Dask inputs to this
-module once they have checked them. With the sequence in blocks ``0..n-1`` along T
+module once they have checked them (through :mod:`latte_ref._dispatch`). With the sequence in blocks ``0..n-1`` along T
 (the Dask chunks of T), and ``⊕`` the associative :func:`latte_ref.combine`, the graph
 for every block of the batch axes and heads is
 
@@ -20,21 +20,24 @@ the arrays Dask holds (NumPy, or CuPy).
 A block's output needs only the states of the blocks before it, so the scheduler can run
 the two passes as one wave from the first block to the last: a block read for its state
 is used for its outputs soon after, and memory stays at a few blocks per worker.
+
+Dask is imported inside the functions, so importing this module needs no Dask.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.array as da
 import numpy as np
 from array_api_compat import array_namespace
-from dask.array.utils import meta_from_array
 
-import latte_ref
-from latte_ref._array import mask_keys_and_values
-from latte_ref.state import LatteState, combine, read_queries, summarise
+from .._array import mask_keys_and_values
+from ..causal import causal as causal_form
+from ..state import LatteState, combine, read_queries, summarise
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = ["bidirectional", "causal", "inclusive_scan", "tree_reduce"]
 
@@ -64,7 +67,7 @@ def causal(
     y = np.empty(q.numblocks[:-1], dtype=object)  # one Dask array per block of the (..., T, H) grid
     final = np.empty(q.numblocks[:-3] + q.numblocks[-2:-1], dtype=object)
     for row, sequence in blocks.rows():
-        local = [_local_state(*blocks.keys_and_values(index)) for index in sequence]
+        local = [_task(_local_state)(*blocks.keys_and_values(index)) for index in sequence]
         if start is None:
             scanned = inclusive_scan(local)
             before = [None, *scanned[:-1]]
@@ -74,9 +77,11 @@ def causal(
         for index, state_before in zip(sequence, before, strict=True):
             q_block, mask_block = blocks.queries(index)
             k_block, v_block, _ = blocks.keys_and_values(index)
-            y_block = _causal_block(q_block, k_block, v_block, mask_block, state_before, chunk_size, out_dtype)
+            y_block = _task(_causal_block)(q_block, k_block, v_block, mask_block, state_before, chunk_size, out_dtype)
             y[index] = blocks.as_array(y_block, index, v.shape[-1], out_dtype)
         final[row] = scanned[-1]
+    import dask.array as da
+
     y_array = da.block(y[..., None].tolist())  # D in one piece
     if not return_state:
         return y_array
@@ -92,11 +97,13 @@ def bidirectional(q: da.Array, k: da.Array, v: da.Array, *, mask: da.Array | Non
     blocks = _Blocks(q, k, v, mask)
     y = np.empty(q.numblocks[:-1], dtype=object)
     for _, sequence in blocks.rows():
-        total = tree_reduce([_local_state(*blocks.keys_and_values(index)) for index in sequence])
+        total = tree_reduce([_task(_local_state)(*blocks.keys_and_values(index)) for index in sequence])
         for index in sequence:
             q_block, mask_block = blocks.queries(index)
-            y_block = _read_block(q_block, mask_block, total, out_dtype)
+            y_block = _task(_read_block)(q_block, mask_block, total, out_dtype)
             y[index] = blocks.as_array(y_block, index, v.shape[-1], out_dtype)
+    import dask.array as da
+
     return da.block(y[..., None].tolist())
 
 
@@ -109,7 +116,7 @@ def inclusive_scan(states: list[Delayed]) -> list[Delayed]:
     """
     reach = 1
     while reach < len(states):
-        states = states[:reach] + [_combine(states[i - reach], states[i]) for i in range(reach, len(states))]
+        states = states[:reach] + [_task(_combine)(states[i - reach], states[i]) for i in range(reach, len(states))]
         reach *= 2
     return states
 
@@ -117,7 +124,7 @@ def inclusive_scan(states: list[Delayed]) -> list[Delayed]:
 def tree_reduce(states: list[Delayed]) -> Delayed:
     """``states[0] ⊕ ... ⊕ states[n-1]`` as a binary tree of delayed merges, of depth ceil(log2 n)."""
     while len(states) > 1:
-        pairs = [_combine(states[i], states[i + 1]) for i in range(0, len(states) - 1, 2)]
+        pairs = [_task(_combine)(states[i], states[i + 1]) for i in range(0, len(states) - 1, 2)]
         states = pairs + states[len(pairs) * 2 :]
     return states[0]
 
@@ -125,7 +132,13 @@ def tree_reduce(states: list[Delayed]) -> Delayed:
 # -- per-block tasks: the core functions on the arrays inside one block ---------------------------------------------
 
 
-@dask.delayed(pure=True)
+def _task(fn: Callable[..., Any]) -> Any:
+    """``fn`` as a pure Dask task (its key a hash of its arguments); Dask is imported on first use."""
+    import dask
+
+    return dask.delayed(fn, pure=True)
+
+
 def _local_state(k: Any, v: Any, mask: Any) -> LatteState:
     """The state of one block's tokens alone: k (..., C, H, L), v (..., C, H, D), mask (..., C) or None."""
     xp = array_namespace(k, v)
@@ -134,19 +147,16 @@ def _local_state(k: Any, v: Any, mask: Any) -> LatteState:
     return summarise(xp, k, v)
 
 
-@dask.delayed(pure=True)
 def _combine(earlier: LatteState, later: LatteState) -> LatteState:
     return combine(earlier, later)
 
 
-@dask.delayed(pure=True)
 def _causal_block(q: Any, k: Any, v: Any, mask: Any, state: LatteState | None, chunk_size: int, dtype: Any) -> Any:
     """One block's outputs (..., C, H, D), given the state of every token before it."""
-    y = latte_ref.causal(q, k, v, mask=mask, chunk_size=chunk_size, state=state)
+    y = causal_form(q, k, v, mask=mask, chunk_size=chunk_size, state=state)
     return array_namespace(y).astype(y, dtype)
 
 
-@dask.delayed(pure=True)
 def _read_block(q: Any, mask: Any, total: LatteState, dtype: Any) -> Any:
     """One block's bidirectional outputs: its queries read against the whole sequence's state."""
     xp = array_namespace(q)
@@ -168,12 +178,15 @@ def _state_blocks(state: LatteState, q: da.Array) -> Any:
     numerator = numerator.to_delayed(optimize_graph=False)[..., 0, 0]
     blocks = np.empty(running_max.shape, dtype=object)
     for index in np.ndindex(*blocks.shape):
-        blocks[index] = _as_state(running_max[index], normaliser[index], numerator[index])
+        blocks[index] = _task(LatteState)(running_max[index], normaliser[index], numerator[index])
     return blocks
 
 
 def _assemble_state(final: Any, q: da.Array, head_dim: int) -> LatteState:
     """The delayed final states on q's (batch block..., head block) grid as one LatteState of Dask arrays."""
+    import dask.array as da
+    from dask.array.utils import meta_from_array
+
     batch_and_heads = (*q.chunks[:-3], q.chunks[-2])
     n_latents = q.shape[-1]
     trailing_axes = {"running_max": (n_latents,), "normaliser": (n_latents,), "numerator": (n_latents, head_dim)}
@@ -184,14 +197,10 @@ def _assemble_state(final: Any, q: da.Array, head_dim: int) -> LatteState:
             shape = tuple(chunks[i] for chunks, i in zip(batch_and_heads, index, strict=True)) + trailing
             meta = meta_from_array(q, len(shape), dtype=q.dtype)
             blocks[index + (0,) * len(trailing)] = da.from_delayed(
-                _field(final[index], name), shape, dtype=q.dtype, meta=meta
+                _task(getattr)(final[index], name), shape, dtype=q.dtype, meta=meta
             )
         fields[name] = da.block(blocks.tolist())
     return LatteState(**fields)
-
-
-_as_state = dask.delayed(LatteState, pure=True)
-_field = dask.delayed(getattr, pure=True)
 
 
 # -- the block layout ----------------------------------------------------------------------------------------------
@@ -243,5 +252,8 @@ class _Blocks:
 
     def as_array(self, block: Delayed, index: tuple[int, ...], width: int, dtype: Any) -> da.Array:
         """The delayed block at ``index`` of the (..., T, H) grid, shape (..., C, H_block, width), as a Dask array."""
+        import dask.array as da
+        from dask.array.utils import meta_from_array
+
         shape = (*(self.q.chunks[axis][i] for axis, i in enumerate(index)), width)
         return da.from_delayed(block, shape, dtype=dtype, meta=meta_from_array(self.q, len(shape), dtype=dtype))
