@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import array_api_extra as xpx
 import numpy as np
-from array_api_compat import array_namespace
 
 from ._array import (
     Array,
@@ -15,14 +15,26 @@ from ._array import (
     check_mask,
     check_positive_int,
     namespace_of,
+    resolve_namespace,
     same_device,
 )
 from .bidirectional import bidirectional
 from .causal import causal as causal_form
 from .definition import definition
 from .recurrent import recurrent
+from .state import LatteState
 
-__all__ = ["LatteParams", "init_params", "latte_attention", "resolve_namespace"]
+__all__ = [
+    "Form",
+    "LatteParams",
+    "check_form",
+    "init_params",
+    "latte_attention",
+    "merge_heads",
+    "resolve_namespace",
+    "run_form",
+    "split_heads",
+]
 
 Form = Literal["definition", "recurrent"]
 
@@ -78,13 +90,6 @@ class LatteParams:
         return int(self.wq.shape[1])
 
 
-def resolve_namespace(xp: Any) -> Any:
-    """The Array-API namespace for ``xp``: NumPy when ``None``; modules like ``torch`` or ``jax.numpy`` get wrapped."""
-    if xp is None:
-        return array_namespace(np.empty(0))
-    return array_namespace(xp.asarray(0.0))
-
-
 def init_params(
     d_model: int,
     n_latents: int,
@@ -114,7 +119,7 @@ def init_params(
         if size % n_heads:
             raise ValueError(f"{name} must be a multiple of n_heads={n_heads}, got {size}")
     if dtype is None:
-        dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+        dtype = xpx.default_dtype(xp, device=device)
     dtype = check_dtype_request(xp, dtype, device)
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(d_model)
@@ -170,26 +175,49 @@ def latte_attention(
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"x must be a real floating-point array (float16 to float64), got dtype {x.dtype}")
     check_mask(xp, mask, x.shape[:-1])
+    check_form(form, causal)
+
+    heads = params.n_heads
+    q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
+    k = split_heads(xp, x @ params.wk, heads)  # [..., T, H, L]
+    v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
+    y, _ = run_form(q, k, v, causal=causal, form=form, mask=mask)
+    return merge_heads(xp, y, params.wo)
+
+
+def check_form(form: object, causal: bool) -> None:
+    """``form`` is one the layer and the model run: None (the fast form), "definition" or "recurrent" (causal)."""
     if not isinstance(form, (str, type(None))) or form not in (None, "definition", "recurrent"):
         raise ValueError(f"form must be None, 'definition' or 'recurrent', got {form!r}")
     if form == "recurrent" and not causal:
         raise ValueError("form='recurrent' exists only for causal=True")
 
-    heads = params.n_heads
-    q = _split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
-    k = _split_heads(xp, x @ params.wk, heads)  # [..., T, H, L]
-    v = _split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
+
+def run_form(
+    q: Array, k: Array, v: Array, *, causal: bool, form: Form | None, mask: Array | None = None
+) -> tuple[Array, LatteState | None]:
+    """Latte in the chosen form: q, k (..., T, H, L), v (..., T, H, D) -> y (..., T, H, D) and a state.
+
+    The state after the last token comes only from the fast causal form (which computes it
+    anyway, so that a model can prefill in parallel); the other forms give ``None``.
+    """
+    state = None
     if form == "definition":
         y = definition(q, k, v, causal=causal, mask=mask)
     elif form == "recurrent":
         y = recurrent(q, k, v, mask=mask)
     elif causal:
-        y = causal_form(q, k, v, mask=mask)
+        y, state = causal_form(q, k, v, mask=mask, return_state=True)
     else:
         y = bidirectional(q, k, v, mask=mask)
-    return xp.reshape(y, (*y.shape[:-2], params.d_model)) @ params.wo  # type: ignore[union-attr]
+    return y, state
 
 
-def _split_heads(xp: Any, x: Array, n_heads: int) -> Array:
-    """(..., T, H*F) -> (..., T, H, F): head h takes the h-th group of F columns."""
+def split_heads(xp: Any, x: Array, n_heads: int) -> Array:
+    """(..., H*F) -> (..., H, F): head h takes the h-th group of F columns."""
     return xp.reshape(x, (*x.shape[:-1], n_heads, x.shape[-1] // n_heads))
+
+
+def merge_heads(xp: Any, y: Array, wo: Array) -> Array:
+    """(..., H, D) -> (..., H*D) @ W_o: the heads side by side, then the output projection."""
+    return xp.reshape(y, (*y.shape[:-2], y.shape[-2] * y.shape[-1])) @ wo
