@@ -9,11 +9,10 @@ installed and usable here (and why not), which devices and dtypes it has, how to
 make an array from NumPy on a device and dtype, how to wait for a result, and how
 to bring a result back to NumPy.
 
-Beside the adapters, modules that use a framework's own machinery:
-``native_torch`` and ``native_jax`` (independent implementations to validate the
-core against), ``sequence_parallel_dask`` (the graph that :func:`latte_ref.causal`
-and :func:`latte_ref.bidirectional` build for Dask arrays chunked along T) and
-``sequence_parallel_jax`` (T sharded across the devices of a mesh).
+Only adapters live here. The algorithms that use a framework's own machinery live
+with the rest of the library: the sequence-parallel forms in :mod:`latte_ref.parallel`,
+the independent implementations to validate the core against in
+:mod:`latte_ref.testing.references`.
 
 Examples
 --------

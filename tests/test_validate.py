@@ -82,7 +82,7 @@ def _native_cases(form, slow):
 @pytest.mark.parametrize("form", ["causal", "bidirectional"])
 def test_native_torch_passes(form, dtype, tmp_path, request):
     pytest.importorskip("torch")
-    from latte_ref.backends import native_torch
+    from latte_ref.testing.references import native_torch
 
     names = _native_cases(form, request.config.getoption("--slow"))
     candidate = getattr(native_torch, form)
@@ -111,7 +111,7 @@ def test_native_jax_passes_every_case(form, tmp_path):
 
 def _assert_native_jax_passes(form, tmp_path, cases=None):
     pytest.importorskip("jax")
-    from latte_ref.backends import native_jax
+    from latte_ref.testing.references import native_jax
 
     report = validate(
         getattr(native_jax, form),
@@ -128,7 +128,7 @@ def _assert_native_jax_passes(form, tmp_path, cases=None):
 
 def test_native_torch_catches_a_planted_bug_on_torch(tmp_path):
     pytest.importorskip("torch")
-    from latte_ref.backends import native_torch
+    from latte_ref.testing.references import native_torch
 
     def leaky(q, k, v):  # the last token's value leaks into every output
         return native_torch.causal(q, k, v) + 1e-3 * v[..., -1:, :, :].to(q.dtype)

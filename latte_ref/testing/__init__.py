@@ -13,7 +13,7 @@ This subpackage is part of the core: it sees arrays only through
 from __future__ import annotations
 
 from .cases import FORMS, ValidationCase, case_names, generate_cases, make_case
-from .gated_linear import gated_linear_attention
+from .references import gated_linear_attention
 from .tolerance import FIXED_TOLERANCES, LOW_PRECISION_FACTOR, Tolerance
 from .validate import CaseResult, Report, ValidationError, assert_matches_reference, load_candidate, validate
 

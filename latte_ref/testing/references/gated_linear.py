@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._array import Array, compute_dtype, namespace_of, softmax
+from ..._array import Array, compute_dtype, namespace_of, softmax
 
 __all__ = ["gated_linear_attention"]
 

@@ -16,7 +16,7 @@ torch is imported inside the functions, so importing this module needs no torch.
 Examples
 --------
 >>> import numpy as np, torch, latte_ref
->>> from latte_ref.backends import native_torch
+>>> from latte_ref.testing.references import native_torch
 >>> q, k, v = (torch.as_tensor(a) for a in np.random.default_rng(0).normal(size=(3, 9, 2, 4)))
 >>> bool(np.allclose(native_torch.causal(q, k, v).numpy(), latte_ref.causal(q.numpy(), k.numpy(), v.numpy())))
 True

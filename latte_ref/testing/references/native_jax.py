@@ -16,7 +16,7 @@ JAX is imported inside the functions, so importing this module needs no JAX.
 Examples
 --------
 >>> import numpy as np, jax.numpy as jnp, latte_ref
->>> from latte_ref.backends import native_jax
+>>> from latte_ref.testing.references import native_jax
 >>> q, k, v = np.random.default_rng(0).normal(size=(3, 9, 2, 4)).astype(np.float32)
 >>> y = native_jax.causal(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
 >>> bool(np.allclose(np.asarray(y), latte_ref.causal(q, k, v), atol=1e-5))
