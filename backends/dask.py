@@ -22,7 +22,13 @@ class DaskBackend(Backend):
         return da.from_array(x, chunks=chunks)
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return np.asarray(x.compute())
+        """A NumPy copy of ``x``: a Dask array is computed here, with the configured scheduler.
+
+        An array already computed (what :meth:`synchronize` returns) is copied as it is.
+        """
+        if type(x).__module__.startswith("dask."):
+            x = x.compute()
+        return np.array(x, copy=True)
 
     def synchronize(self, x: Any) -> Any:
         return x.compute()

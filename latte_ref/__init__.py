@@ -12,6 +12,8 @@ Shape letters used throughout:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._layer import LatteParams, init_params, latte_attention
 from .bidirectional import bidirectional
 from .causal import DEFAULT_CHUNK_SIZE, causal
@@ -21,6 +23,12 @@ from .state import LatteState, combine, init_state
 
 # Last: the sequence-parallel algorithms sit above the forms and register themselves with them.
 from . import parallel  # noqa: F401  isort: skip
+
+if TYPE_CHECKING:
+    # The adapters are installed as latte_ref.backends from the top-level backends/ folder (pyproject's
+    # package-dir). A type checker reads folders, not that mapping: this tells it what the name holds.
+    # At run time nothing is imported here; latte_ref.backends is imported where it is used.
+    import backends as backends
 
 __version__ = "0.1.0"
 

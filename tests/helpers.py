@@ -1,20 +1,34 @@
-"""Small helpers shared by the tests (imported as ``helpers``; tests/ is on sys.path under pytest)."""
+"""The pytest side of the testing toolkit (imported as ``helpers``; tests/ is on sys.path under pytest).
+
+The case type, the matrix, the inputs and the tolerances live in :mod:`latte_ref.testing`;
+this module only turns the matrix into pytest parameters and a case into a fixture value.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from latte_ref.testing.matrix import Case, matrix
+
+__all__ = ["case_params", "make_case"]
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |actual - expected| / max(|expected|, tiny): the metric of the tolerances above."""
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-30)
-    return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+def case_params(dtypes: tuple[str, ...] | None = None) -> list[Any]:
+    """The matrix as parameters: an unusable backend is one parameter, skipped with the reason."""
+    params = []
+    for entry in matrix(dtypes):
+        if entry.unavailable is not None:
+            params.append(pytest.param(None, id=entry.id, marks=pytest.mark.skip(reason=entry.unavailable)))
+        else:
+            params.append(pytest.param((entry.backend, entry.device, entry.dtype_name), id=entry.id))
+    return params
 
 
-def random_qkv(
-    rng: np.random.Generator, batch: tuple[int, ...], T: int, H: int, L: int, D: int, scale: float = 1.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    q = scale * rng.normal(size=(*batch, T, H, L))
-    k = scale * rng.normal(size=(*batch, T, H, L))
-    v = rng.normal(size=(*batch, T, H, D))
-    return q, k, v
+def make_case(request: pytest.FixtureRequest) -> Iterator[Case]:
+    """The case of a parameter from :func:`case_params`; on Dask the test fails if the library computed a graph."""
+    backend, device, dtype = request.param
+    with Case(backend, device, dtype).no_compute() as case:
+        yield case

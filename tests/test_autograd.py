@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import random_qkv
 
 import latte_ref
+from latte_ref.testing.inputs import random_qkv
 
 FORMS = {
     "causal": lambda q, k, v, mask: latte_ref.causal(q, k, v, mask=mask, chunk_size=3),

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import random_qkv
 
 import latte_ref
 from latte_ref import backends
+from latte_ref.testing.inputs import random_qkv
 
 
 def test_registry_lists_every_framework_with_a_reason_when_missing():

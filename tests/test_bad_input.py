@@ -17,18 +17,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
-from conftest import Case, _cases, _make_case
+from helpers import case_params, make_case
 
 import latte_ref
 from latte_ref import backends
+from latte_ref.testing.matrix import Case
 
 B, T, H, L, D = 2, 5, 2, 3, 4
 
 
-@pytest.fixture(params=_cases(("float32",)))
+@pytest.fixture(params=case_params(("float32",)))
 def case32(request: pytest.FixtureRequest) -> Iterator[Case]:
     """Every installed backend x device, float32 only: the checks do not depend on the float dtype."""
-    yield from _make_case(request)
+    yield from make_case(request)
 
 
 class Inputs:

@@ -16,15 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from latte_ref import backends  # type: ignore[attr-defined]  # mapped from backends/ at install
+from latte_ref import backends
+from latte_ref.testing.matrix import missing_framework
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = re.compile(r"^<!--\s*skip:\s*(?P<reason>.+?)\s*-->$")
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
-IMPORT = re.compile(r"^\s*(?:import|from)\s+(?P<module>[A-Za-z_][\w]*)", re.MULTILINE)
-
-# Top-level module imported by a block -> the backend that must be usable for it to run.
-FRAMEWORKS = {"torch": "torch", "jax": "jax", "cupy": "cupy", "dask": "dask", "array_api_strict": "array_api_strict"}
 
 
 @dataclass(frozen=True)
@@ -61,17 +58,6 @@ def python_blocks(text: str, page: str) -> list[Block]:
             blocks.append(Block(page, i + 1, "\n".join(body) + "\n", skip["reason"] if skip else None))
         i = end + 1
     return blocks
-
-
-def missing_framework(code: str) -> str | None:
-    """Why a block cannot run here: the first framework it imports that is unusable, else ``None``."""
-    for module in IMPORT.findall(code):
-        name = FRAMEWORKS.get(module)
-        if name is not None:
-            reason = backends.get_backend(name).unavailable_reason()
-            if reason is not None:
-                return f"{name} is unavailable: {reason}"
-    return None
 
 
 PAGES = [p for p in pages() if python_blocks(p.read_text(encoding="utf-8"), p.name)]

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TOLERANCE, Case, _cases, _make_case
-from helpers import relative_error
 
 import latte_ref
+from latte_ref.testing.matrix import Case
+from latte_ref.testing.tolerance import TOLERANCES, relative_error
 
-LAZY = ("jax", "dask")
-
-
-@pytest.fixture(params=_cases())
-def case(request: pytest.FixtureRequest) -> Iterator[Case]:
-    """Every installed backend x device x dtype; JAX and Dask only with --slow.
-
-    They run the same code as the eager backends (test_forms covers them by default), but
-    here each new shape costs them seconds of tracing or graph building on a small machine.
-    """
-    backend = request.param[0] if request.param else None
-    if backend is not None and backend.name in LAZY and not request.config.getoption("--slow"):
-        pytest.skip(f"{backend.name}: extreme-input cases run with --slow")
-    yield from _make_case(request)
+# The conftest's `case` on every installed backend x device x dtype, JAX and Dask only with --slow: they run
+# the same code as the eager backends (test_forms covers them by default), but here each new shape costs
+# them seconds of tracing or graph building on a small machine.
+pytestmark = pytest.mark.full_matrix
 
 
 # Largest logit magnitude tried per input dtype: float16 stops at 65504.
@@ -79,7 +68,7 @@ def test_nearly_tied_logits_split_the_weight(rng: np.random.Generator) -> None:
     expected = 1 / (1 + np.exp(-delta))  # weight of the second key
     causal: Any = latte_ref.causal(q, k, v)
     for y in (latte_ref.bidirectional(q, k, v), causal):
-        assert abs(float(y[-1, 0, 0]) - expected) <= TOLERANCE["float32"]
+        assert abs(float(y[-1, 0, 0]) - expected) <= TOLERANCES["float32"][1]
 
 
 # ---- keys that grow along a long sequence -------------------------------------------------------------------------
@@ -126,7 +115,7 @@ def _check_growing_keys(n_tokens: int, dtype: str, top: float, forms: dict[str, 
         y = np.asarray(form(q, k, v), dtype=np.float64)
         assert np.all(np.isfinite(y)), name
         expected = _growing_keys_reference(exact[0], exact[1], exact[2], causal=causal)
-        assert relative_error(y, expected) <= TOLERANCE[dtype], name
+        assert relative_error(y, expected) <= TOLERANCES[dtype][1], name
 
 
 CAUSAL_FORMS = {

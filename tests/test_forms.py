@@ -6,9 +6,10 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import random_qkv, relative_error
 
 import latte_ref
+from latte_ref.testing.inputs import random_qkv
+from latte_ref.testing.tolerance import relative_error
 
 # (batch, T, H, L, D): T = 1, a prime T, H = 1, L = 1, D = 1, and batch dims () and (2, 3).
 SHAPES = [

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import relative_error
 
 import latte_ref
+from latte_ref.testing.tolerance import relative_error
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 FILES = ["official_small", "official_large_logits", "official_long"]

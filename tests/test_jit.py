@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import random_qkv
 
 import latte_ref
+from latte_ref.testing.inputs import random_qkv
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import random_qkv, relative_error
 
 import latte_ref
+from latte_ref.testing.inputs import random_qkv
+from latte_ref.testing.tolerance import relative_error
 
 T = 12
 

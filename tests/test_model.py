@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import relative_error
 
 import latte_ref.model as lm
+from latte_ref.testing.tolerance import relative_error
 
 VOCAB = 13
 SHAPE = (2, 12)  # one token shape throughout: JAX compiles each operation once per shape and dtype

@@ -15,41 +15,44 @@ from typing import Any
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from conftest import TOLERANCE
-from helpers import relative_error
 from hypothesis import given
 from hypothesis import strategies as st
 
 import latte_ref
 from latte_ref import backends
+from latte_ref.testing.matrix import Case
+from latte_ref.testing.tolerance import relative_error
 
 LIBRARIES = [name for name in ("numpy", "array_api_strict") if backends.get_backend(name).unavailable_reason() is None]
 
 
 @dataclass
 class Problem:
-    """One drawn input: NumPy float64 copies of what the library holds (after rounding), and the library's arrays."""
+    """One drawn input on one case: NumPy float64 copies of what the library holds (after rounding)."""
 
-    library: str
-    dtype: str
+    case: Case
     q: np.ndarray
     k: np.ndarray
     v: np.ndarray
     mask: np.ndarray | None
 
     @property
-    def backend(self) -> Any:
-        return backends.get_backend(self.library)
+    def library(self) -> str:
+        return self.case.backend.name
+
+    @property
+    def dtype(self) -> str:
+        return self.case.dtype_name
 
     def array(self, x: np.ndarray) -> Any:
-        return self.backend.asarray(x, dtype=self.dtype if x.dtype.kind == "f" else x.dtype.name)
+        return self.case.array(x)
 
     def arrays(self) -> tuple[Any, Any, Any, Any]:
         mask = None if self.mask is None else self.array(self.mask)
         return self.array(self.q), self.array(self.k), self.array(self.v), mask
 
     def numpy(self, x: Any) -> np.ndarray:
-        return np.asarray(self.backend.to_numpy(x), dtype=np.float64)
+        return self.case.numpy(x)
 
     @property
     def cheap_scan(self) -> bool:
@@ -58,7 +61,7 @@ class Problem:
 
     @property
     def tol(self) -> float:
-        return TOLERANCE[self.dtype]
+        return self.case.tol
 
     @property
     def n_tokens(self) -> int:
@@ -84,7 +87,8 @@ def problems(draw: st.DrawFn, *, masks: bool = True, min_tokens: int = 0, batch:
     v = draw_array(dim)
     mask = draw(hnp.arrays(np.bool_, (*batch_shape, n_tokens))) if masks and draw(st.booleans()) else None
     library = draw(st.sampled_from(LIBRARIES))
-    problem = Problem(library, dtype, q, k, v, mask)
+    backend = backends.get_backend(library)
+    problem = Problem(Case(backend, backend.devices()[0], dtype), q, k, v, mask)
     # Keep the values as the library holds them, so that the float64 oracle sees the same inputs.
     problem.q, problem.k, problem.v = (problem.numpy(problem.array(a)) for a in (q, k, v))
     return problem
@@ -97,8 +101,8 @@ def _error(p: Problem, actual: np.ndarray, expected: np.ndarray) -> float:
     scales with max |v|; measured against max |expected| instead, values that cancel (an output
     of 1e-5 from values of size 1) would make any rounding look large.
     """
-    scale = max(float(np.max(np.abs(p.v), initial=0.0)), float(np.max(np.abs(expected), initial=0.0)), 1e-30)
-    return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+    scale = max(float(np.max(np.abs(p.v), initial=0.0)), float(np.max(np.abs(expected), initial=0.0)))
+    return relative_error(actual, expected, scale)
 
 
 def _oracle(p: Problem, causal: bool) -> np.ndarray:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .inputs import random_qkv
+
 __all__ = ["FORMS", "ValidationCase", "case_names", "generate_cases", "make_case"]
 
 FORMS = ("bidirectional", "causal", "step")
@@ -68,39 +70,30 @@ def case_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _normal(
-    rng: np.random.Generator, batch: tuple[int, ...], t: int, h: int, n_latents: int, d: int
-) -> tuple[np.ndarray, ...]:
-    q = rng.normal(size=(*batch, t, h, n_latents))
-    k = rng.normal(size=(*batch, t, h, n_latents))
-    v = rng.normal(size=(*batch, t, h, d))
-    return q, k, v
-
-
 Builder = Callable[[np.random.Generator], tuple[np.ndarray, ...]]
 
 
 def _shape(batch: tuple[int, ...], t: int, h: int, n_latents: int, d: int) -> Builder:
-    return lambda rng: _normal(rng, batch, t, h, n_latents, d)
+    return lambda rng: random_qkv(rng, batch, t, h, n_latents, d)
 
 
 def _large_logits(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     # exp(800) overflows float16, float32 and float64 alike: only a max-subtracted softmax survives.
-    q, k, v = _normal(rng, (2,), 29, 2, 4, 8)
+    q, k, v = random_qkv(rng, (2,), 29, 2, 4, 8)
     return 50.0 * q, 800.0 + 20.0 * k, v
 
 
 def _increasing_logits(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     # k grows by 5 per token: the global max sits ~850 above the first keys, so exp(k - global max)
     # underflows to 0 even in float64, and only a running max keeps the early outputs.
-    q, k, v = _normal(rng, (2,), 173, 2, 4, 8)
+    q, k, v = random_qkv(rng, (2,), 173, 2, 4, 8)
     steps = 5.0 * np.arange(173)[:, None, None]  # [T, 1, 1]
     return q, steps + k, v
 
 
 def _nearly_tied(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     # Logits equal up to 1e-3: the softmaxes are nearly uniform and rounding decides the ties.
-    q, k, v = _normal(rng, (2,), 41, 2, 4, 8)
+    q, k, v = random_qkv(rng, (2,), 41, 2, 4, 8)
     return 3.0 + 1e-3 * q, 3.0 + 1e-3 * k, v
 
 
@@ -167,7 +160,7 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
         return ValidationCase(name, seed, description, q, k, v)
     if name.startswith("mask_"):
         t = 29
-        q, k, v = _normal(rng, (2,), t, 2, 4, 8)
+        q, k, v = random_qkv(rng, (2,), t, 2, 4, 8)
         masks = _masks(2, t)
         if name in masks:
             description, mask = masks[name]
@@ -177,7 +170,7 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
             raise ValueError(f"unknown case {name!r}")
         return ValidationCase(name, seed, description, q, k, v, mask=mask)
     if name == "state_cuts":
-        q, k, v = _normal(rng, (2,), 50, 2, 4, 8)
+        q, k, v = random_qkv(rng, (2,), 50, 2, 4, 8)
         return ValidationCase(
             name, seed, "the state carried across calls cut at tokens 1, 17 and 32", q, k, v, cuts=(1, 17, 32)
         )

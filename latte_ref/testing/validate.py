@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends  # type: ignore[attr-defined]  # installed from backends/ (package-dir)
+from .. import backends
 from ..bidirectional import bidirectional
 from ..causal import causal
 from ..definition import definition
@@ -383,9 +383,6 @@ def _latte_ref_form(form: str) -> Callable[[Any, Any, Any, Any], Any]:
 
 
 def _numpy(backend: backends.Backend, x: Any) -> np.ndarray:
-    if backend.name == "dask":
-        x = x.compute(scheduler="sync")
-        return np.asarray(x, dtype=np.float64) if x.dtype != bool else np.asarray(x)
     out = backend.to_numpy(x)
     return out if out.dtype == bool else np.asarray(out, dtype=np.float64)
 
