@@ -122,7 +122,7 @@ def test_missing_framework_names_it() -> None:
 
 def test_explain_page_shows_the_commands_current_output() -> None:
     """The text blocks of docs/explain.md are excerpts of what ``latte-ref explain`` prints now."""
-    from latte_ref.commands.explain import format_example, worked_example
+    from latte_ref.explain import format_example, worked_example
 
     printed = format_example(worked_example()).splitlines()
     page = (ROOT / "docs" / "explain.md").read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ import pytest
 
 import latte_ref
 from latte_ref.cli import main
-from latte_ref.commands.explain import format_example, plot_example, softmax_attention, worked_example
+from latte_ref.explain import format_example, plot_example, softmax_attention, worked_example
 
 
 @pytest.mark.parametrize("n_latents", [1, 3])
