@@ -6,6 +6,12 @@ compares each output with the float64 reference under a written-down tolerance
 model (:mod:`latte_ref.testing.tolerance`). ``latte-ref validate`` and the pytest
 plugin (``pytest --latte-impl pkg.module:function``) run the same suite.
 
+It is also the project's one testing toolkit, which the test suite, ``latte-ref check``
+and ``latte-ref validate`` share: the case type and the backend x device x dtype matrix
+(:mod:`~latte_ref.testing.matrix`), random inputs (:mod:`~latte_ref.testing.inputs`), the
+one tolerance table and error metric (:mod:`~latte_ref.testing.tolerance`), and
+independent implementations to check against (:mod:`~latte_ref.testing.references`).
+
 This subpackage is part of the core: it sees arrays only through
 :mod:`latte_ref.backends` and the Array API.
 """
@@ -13,14 +19,19 @@ This subpackage is part of the core: it sees arrays only through
 from __future__ import annotations
 
 from .cases import FORMS, ValidationCase, case_names, generate_cases, make_case
+from .inputs import random_qkv
+from .matrix import Case, matrix
 from .references import gated_linear_attention
-from .tolerance import FIXED_TOLERANCES, LOW_PRECISION_FACTOR, Tolerance
-from .validate import CaseResult, Report, ValidationError, assert_matches_reference, load_candidate, validate
+from .report import CaseResult, Report, ValidationError
+from .tolerance import FIXED_TOLERANCES, LOW_PRECISION_FACTOR, TOLERANCES, Tolerance, errors, relative_error
+from .validate import assert_matches_reference, load_candidate, validate
 
 __all__ = [
     "FIXED_TOLERANCES",
     "FORMS",
     "LOW_PRECISION_FACTOR",
+    "TOLERANCES",
+    "Case",
     "CaseResult",
     "Report",
     "Tolerance",
@@ -28,9 +39,13 @@ __all__ = [
     "ValidationError",
     "assert_matches_reference",
     "case_names",
+    "errors",
     "gated_linear_attention",
     "generate_cases",
     "load_candidate",
     "make_case",
+    "matrix",
+    "random_qkv",
+    "relative_error",
     "validate",
 ]
