@@ -59,7 +59,7 @@ def test_low_precision_is_accumulated_in_float32(case, rng):
     assert state.numerator.dtype == case.xp.float32
 
 
-def test_the_core_imports_no_framework():
+def test_the_core_imports_no_framework(tmp_path):
     code = (
         "import sys, latte_ref, latte_ref.commands.check\n"
         "from latte_ref import backends\n"
@@ -67,6 +67,7 @@ def test_the_core_imports_no_framework():
         "bad = [m for m in ('torch', 'jax', 'cupy', 'dask') if m in sys.modules]\n"
         "print(', '.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # From a scratch folder, so that the installed latte_ref is imported, not the checkout's folder.
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"importing latte_ref imported {result.stdout.strip()}"

@@ -70,8 +70,10 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)  # files a block writes land in a scratch folder
     namespace: dict[str, object] = {"__name__": f"docs:{name}"}
     skipped = []
+    missing = None  # a framework an earlier block needed: the blocks after it build on that block
     for block in blocks:
-        reason = block.skip or missing_framework(block.code)
+        missing = missing or missing_framework(block.code)
+        reason = block.skip or missing
         if reason is not None:
             skipped.append(f"line {block.line}: {reason}")
             continue

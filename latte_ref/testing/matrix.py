@@ -23,7 +23,7 @@ __all__ = ["FRAMEWORKS", "Case", "MatrixEntry", "matrix", "missing_framework"]
 FRAMEWORKS = {"torch": "torch", "jax": "jax", "cupy": "cupy", "dask": "dask", "array_api_strict": "array_api_strict"}
 """Top-level module imported by a piece of code -> the backend that must be usable for it to run."""
 
-_IMPORT = re.compile(r"^\s*(?:>>>\s*)?(?:import|from)\s+(?P<module>[A-Za-z_][\w]*)", re.MULTILINE)
+_IMPORT = re.compile(r"^\s*(?:>>>\s*)?(?:from\s+(?P<module>[A-Za-z_]\w*)|import\s+(?P<names>[^#;\n]+))", re.MULTILINE)
 
 
 class MatrixEntry(NamedTuple):
@@ -77,14 +77,27 @@ def missing_framework(code: str) -> str | None:
     >>> from latte_ref.testing.matrix import missing_framework
     >>> missing_framework("import numpy as np") is None
     True
+    >>> missing_framework("import numpy as np, no_such_framework") is None
+    True
     """
-    for module in _IMPORT.findall(code):
+    for module in _imported_modules(code):
         name = FRAMEWORKS.get(module)
         if name is not None:
             reason = backends.get_backend(name).unavailable_reason()
             if reason is not None:
                 return f"{name} is unavailable: {reason}"
     return None
+
+
+def _imported_modules(code: str) -> list[str]:
+    """The top-level modules that ``code`` imports, in order (``import a.b as c, d`` gives a and d)."""
+    modules = []
+    for match in _IMPORT.finditer(code):
+        if match["module"]:
+            modules.append(match["module"])
+        else:
+            modules += [name.split()[0].split(".")[0] for name in match["names"].split(",") if name.strip()]
+    return modules
 
 
 @dataclass
