@@ -1,15 +1,36 @@
-"""Every public function also runs under jax.jit, with the results of eager execution."""
+"""Every public function also runs under jax.jit, with the results of eager execution.
+
+The public functions are tagged with array-api-extra's ``lazy_xp_function``;
+``patch_lazy_xp_functions`` swaps them, on the ``latte_ref`` module, for ``jax.jit``-compiled
+versions (array arguments traced, the rest static) for the length of a ``with`` block.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from array_api_extra.testing import lazy_xp_function, patch_lazy_xp_functions
 
 import latte_ref
 from latte_ref.testing.inputs import random_qkv
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
+
+PUBLIC = (
+    "attention_matrix",
+    "bidirectional",
+    "causal",
+    "combine",
+    "definition",
+    "latte_attention",
+    "recurrent",
+    "step",
+)
+EAGER = {name: getattr(latte_ref, name) for name in PUBLIC}
+for function in EAGER.values():
+    lazy_xp_function(function)
+lazy_xp_modules = [latte_ref]  # where patch_lazy_xp_functions looks for the tagged functions
 
 
 @pytest.fixture
@@ -35,20 +56,23 @@ CALLS = {
 
 
 @pytest.mark.parametrize("name", list(CALLS))
-def test_jit_matches_eager(inputs, name):
+def test_jit_matches_eager(inputs, name, request):
     eager = jax.tree_util.tree_leaves(CALLS[name](*inputs))
-    jitted = jax.tree_util.tree_leaves(jax.jit(CALLS[name])(*inputs))
+    with patch_lazy_xp_functions(request, xp=jnp):
+        assert all(getattr(latte_ref, name) is not EAGER[name] for name in PUBLIC)  # compiled for the block
+        jitted = jax.tree_util.tree_leaves(CALLS[name](*inputs))
     assert len(eager) == len(jitted)
     for a, b in zip(eager, jitted):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_layer_under_jit(causal):
+def test_layer_under_jit(causal, request):
     params = latte_ref.init_params(8, 6, 2, xp=jnp, dtype=jnp.float64)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 8)))
     eager = latte_ref.latte_attention(x, params, causal=causal)
-    jitted = jax.jit(lambda x: latte_ref.latte_attention(x, params, causal=causal))(x)
+    with patch_lazy_xp_functions(request, xp=jnp):
+        jitted = latte_ref.latte_attention(x, params, causal=causal)
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-12, atol=1e-14)
 
 
