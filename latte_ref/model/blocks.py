@@ -60,7 +60,10 @@ def embed(xp: Any, embedding: Array, tokens: Array) -> Array:
 def latent_projections(xp: Any, h: Array, block: dict[str, Any], config: ModelConfig) -> tuple[Array, Array, Array]:
     """q, k: (..., H, L) and v: (..., H, D) from the normed stream h (..., d); head h owns the h-th column group."""
     heads = config.n_heads
-    return tuple(split_heads(xp, h @ block[name], heads) for name in ("wq", "wk", "wv"))  # type: ignore[return-value]
+    q = split_heads(xp, h @ block["wq"], heads)  # [..., H, L]
+    k = split_heads(xp, h @ block["wk"], heads)  # [..., H, L]
+    v = split_heads(xp, h @ block["wv"], heads)  # [..., H, D]
+    return q, k, v
 
 
 def merge_heads(xp: Any, y: Array, block: dict[str, Any]) -> Array:
