@@ -1,9 +1,9 @@
 r"""Sequence-parallel Latte on Dask: a sequence chunked along T becomes a graph of per-block tasks.
 
 :func:`latte_ref.causal` and :func:`latte_ref.bidirectional` hand Dask inputs to this
-module once they have checked them (through :mod:`latte_ref._dispatch`). With the sequence in blocks ``0..n-1`` along T
-(the Dask chunks of T), and ``⊕`` the associative :func:`latte_ref.combine`, the graph
-for every block of the batch axes and heads is
+module (through :mod:`latte_ref._dispatch`) once they have checked them. With the sequence
+in blocks ``0..n-1`` along T (the Dask chunks of T), and ``⊕`` the associative
+:func:`latte_ref.combine`, the graph for every block of the batch axes and heads is
 
 .. code-block:: text
 
@@ -27,6 +27,7 @@ Dask is imported inside the functions, so importing this module needs no Dask.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +62,8 @@ def causal(
     state: the state before the first token (in the computation dtype) or None for an empty history.
     Returns lazy arrays: y (..., T, H, D) in ``out_dtype`` and, with ``return_state``, the final state.
     """
+    import dask.array as da
+
     q, k, v, mask = _aligned(q, k, v, mask)
     blocks = _Blocks(q, k, v, mask)
     start = None if state is None else _state_blocks(state, q)
@@ -80,8 +83,6 @@ def causal(
             y_block = _task(_causal_block)(q_block, k_block, v_block, mask_block, state_before, chunk_size, out_dtype)
             y[index] = blocks.as_array(y_block, index, v.shape[-1], out_dtype)
         final[row] = scanned[-1]
-    import dask.array as da
-
     y_array = da.block(y[..., None].tolist())  # D in one piece
     if not return_state:
         return y_array
@@ -93,6 +94,8 @@ def bidirectional(q: da.Array, k: da.Array, v: da.Array, *, mask: da.Array | Non
 
     Shapes and dtypes as for :func:`causal`. Returns a lazy y (..., T, H, D) in ``out_dtype``.
     """
+    import dask.array as da
+
     q, k, v, mask = _aligned(q, k, v, mask)
     blocks = _Blocks(q, k, v, mask)
     y = np.empty(q.numblocks[:-1], dtype=object)
@@ -102,8 +105,6 @@ def bidirectional(q: da.Array, k: da.Array, v: da.Array, *, mask: da.Array | Non
             q_block, mask_block = blocks.queries(index)
             y_block = _task(_read_block)(q_block, mask_block, total, out_dtype)
             y[index] = blocks.as_array(y_block, index, v.shape[-1], out_dtype)
-    import dask.array as da
-
     return da.block(y[..., None].tolist())
 
 
@@ -132,8 +133,12 @@ def tree_reduce(states: list[Delayed]) -> Delayed:
 # -- per-block tasks: the core functions on the arrays inside one block ---------------------------------------------
 
 
+@cache
 def _task(fn: Callable[..., Any]) -> Any:
-    """``fn`` as a pure Dask task (its key a hash of its arguments); Dask is imported on first use."""
+    """``fn`` as a pure Dask task (its key a hash of its arguments); Dask is imported on first use.
+
+    Cached: each function is wrapped once, as a decorator at import would, not once per block.
+    """
     import dask
 
     return dask.delayed(fn, pure=True)
