@@ -23,7 +23,7 @@ def _pick(rows: list[dict[str, Any]], **match: Any) -> float | None:
 def tables(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = []
-    for backend in sorted({r["backend"] for r in rows}):
+    for backend in sorted({r["backend"] for r in rows if "backend" in r and r["kind"] != "peer"}):
         lines += [
             f"**{backend}** (ms, min of repeats)",
             "",
@@ -81,6 +81,36 @@ def tables(result: dict[str, Any]) -> str:
             "|---:|---:|",
         ]
         lines += [f"| {r['chunk_size']} | {_ms(r['seconds'])} |" for r in chunks]
+        lines.append("")
+    scans = sorted((r for r in rows if r["kind"] == "scan"), key=lambda r: (r["backend"], r["method"]))
+    if scans:
+        lines += [
+            "**carrying the state across the chunks of one block** (ms; N = T / C chunks)",
+            "",
+            "| backend | T | N | loop | doubling scan |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for backend in sorted({r["backend"] for r in scans}):
+            cell = {r["method"]: r for r in scans if r["backend"] == backend}
+            first = next(iter(cell.values()))
+            lines.append(
+                f"| {backend} | {first['T']:,} | {first['chunks']} | {_ms(cell['loop']['seconds'])} | "
+                f"{_ms(cell['doubling']['seconds'])} |"
+            )
+        lines.append("")
+    peers = sorted((r for r in rows if r["kind"] == "peer" and "jax_scan_seconds" in r), key=lambda r: r["T"])
+    if peers:
+        lines += [
+            "**the causal layer against the authors' algorithm** (B=2, d_model = L = 128, H=4, float32; ms)",
+            "",
+            "| T | JAX lax.scan under jit | NumPy `latte_attention(causal=True)` | ratio | relative difference |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['T']:,} | {_ms(r['jax_scan_seconds'])} | {_ms(r['numpy_causal_layer_seconds'])} | "
+            f"{r['jax_scan_seconds'] / r['numpy_causal_layer_seconds']:.2f} | {r['relative_error']:.1e} |"
+            for r in peers
+        ]
         lines.append("")
     lines += ["**targets**", "", "| target | where | bound | measured | met |", "|---|---|---|---:|---|"]
     for t in result["targets"]:

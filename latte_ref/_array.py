@@ -272,7 +272,8 @@ def softmax(xp: Any, x: Array, axis: int) -> Array:
     """Numerically stable softmax; a row of all ``-inf`` gives zeros, not ``nan``."""
     shift = finite_or_zero(xp, xp.max(x, axis=axis, keepdims=True))
     weights = xp.exp(x - shift)
-    return safe_divide(xp, weights, xp.sum(weights, axis=axis, keepdims=True))
+    total = xp.sum(weights, axis=axis, keepdims=True)  # >= 1 (the max's own term), or 0 for a row of -inf
+    return weights / xp.where(total == 0, xp.ones_like(total), total)
 
 
 def mask_keys_and_values(xp: Any, mask: Array, k: Array, v: Array) -> tuple[Array, Array]:

@@ -69,4 +69,4 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
 
     # p(l | t) = softmax_l q, read against the state of the whole sequence
     y = read_queries(xp, q, mask, summarise(xp, k, v))  # [..., T, H, D]
-    return xp.astype(y, out_dtype)
+    return xp.astype(y, out_dtype, copy=False)

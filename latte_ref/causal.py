@@ -1,10 +1,35 @@
-"""Causal Latte, causal-parallel form: chunks of tokens in parallel, the state carried between chunks."""
+"""Causal Latte, chunkwise-parallel form: every chunk at once, two matrix products each, exact for any logits.
+
+The sequence is cut into N chunks of C tokens. Every key of a chunk is weighed
+against one reference R, the running max at the chunk's first token:
+
+    exp(k_s - m_t) = exp(k_s - R) · exp(R - m_t),
+
+and the factor exp(R - m_t), which depends on the query alone, cancels between
+numerator and normaliser. Each chunk then costs two matrix products
+(queries·keysᵀ masked causally, then ·values) and L exponentials per token, as
+the fastest linear-attention kernels do. The state before each chunk follows
+from the chunks' own summaries by a linear recurrence, since the running maxima
+at the chunks' ends are known in advance (a prefix max over the chunks' maxima).
+R depends on no token after the chunk's first, so no output depends on a later
+token, not even in its last bit.
+
+The factored chunk is exact to rounding while no key rises more than a bound,
+set by the dtype (:func:`factoring_bound`), above R. From the first token where
+one does (a latent's logits jumping by tens inside the chunk), or where a key or
+value is not finite, the chunk is computed again with the per-token form
+:func:`causal_chunk`, which uses every token's own running max. On JAX arrays,
+whose values cannot be read while they are traced, every chunk takes the
+per-token form: a rule that does not depend on the data. (Dask arrays go to the
+sequence-parallel graph, whose tasks run this function on NumPy blocks.)
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from array_api_compat import is_dask_array, is_writeable_array
+from array_api_compat import is_dask_array, is_lazy_array, is_writeable_array
 
 from ._array import (
     Array,
@@ -25,10 +50,16 @@ from ._array import (
 from ._dispatch import sequence_parallel
 from .state import LatteState, check_state, init_state
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "causal"]
+__all__ = ["BLOCK_TOKENS", "DEFAULT_CHUNK_SIZE", "causal", "causal_chunk", "factoring_bound"]
 
-DEFAULT_CHUNK_SIZE = 32
+DEFAULT_CHUNK_SIZE = 64
 """Tokens per chunk when ``chunk_size=None`` (see docs/performance.md for the measurement)."""
+
+BLOCK_TOKENS = 16_384
+"""Tokens whose chunks are evaluated together; the state is carried between such blocks, bounding memory."""
+
+TRACED_BLOCK_TOKENS = 2048
+"""The same for traced and lazy arrays, whose per-token form holds C·L weights per token."""
 
 
 def causal(
@@ -41,18 +72,20 @@ def causal(
     state: LatteState | None = None,
     return_state: bool = False,
 ) -> Array | tuple[Array, LatteState]:
-    r"""Causal latent attention, evaluated chunk by chunk in O(T·L·(C + D)).
+    r"""Causal latent attention in O(T·L·(C + D)), all chunks of C tokens at once.
 
     .. math::
 
         y_t = \sum_l p(l \mid t) \sum_{s \le t} p(s \mid l, t)\, v_s, \qquad
         p(s \mid l, t) = \frac{\exp k_{s,l}}{\sum_{s' \le t} \exp k_{s',l}}
 
-    This is the recurrence of :func:`latte_ref.recurrent` evaluated C tokens at a
-    time: inside a chunk every pair (t, s <= t) is weighed at once with the same
-    per-token running max ``m_t`` the recurrence uses, and the state
-    (:class:`LatteState`) carries the tokens before the chunk. Memory is
-    O(C²·H·L + T·H·D); results do not depend on ``chunk_size`` beyond rounding.
+    This is the recurrence of :func:`latte_ref.recurrent` evaluated a chunk at a
+    time, with every chunk weighed against one reference (the running max at its
+    end) so that it becomes two matrix products; see the module docstring for the
+    bound under which that is exact and for the per-token form used beyond it.
+    Chunks are taken :data:`BLOCK_TOKENS` at a time, so memory is O(T·H·D) for the
+    output plus O(BLOCK_TOKENS·H·(L + C + D)). Results do not depend on
+    ``chunk_size`` beyond rounding.
 
     Parameters
     ----------
@@ -104,16 +137,16 @@ def causal(
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
 
-    n_tokens = q.shape[-3]
     y = _output_buffer(xp, v)
     pieces = []
-    for start in range(0, n_tokens, chunk_size):
-        chunk = slice(start, min(start + chunk_size, n_tokens))
-        y_chunk, state = causal_chunk(xp, q[..., chunk, :, :], k[..., chunk, :, :], v[..., chunk, :, :], state)
+    for block, size in _blocks(q.shape[-3], chunk_size, traced=is_lazy_array(q)):
+        y_block, state = causal_block(
+            xp, q[..., block, :, :], k[..., block, :, :], v[..., block, :, :], state, chunk_size=size
+        )
         if y is None:
-            pieces.append(y_chunk)
+            pieces.append(y_block)
         else:
-            y[..., chunk, :, :] = y_chunk
+            y[..., block, :, :] = y_block
     if y is None:
         y = xp.concat(pieces, axis=-3) if pieces else xp.zeros_like(v)
     del pieces
@@ -121,22 +154,275 @@ def causal(
     return (y, state) if return_state else y
 
 
+def _blocks(n_tokens: int, chunk_size: int, *, traced: bool) -> list[tuple[slice, int]]:
+    """(tokens, chunk size) of each block: whole chunks, :data:`BLOCK_TOKENS` at a time, then the remainder."""
+    per_block = max(1, (TRACED_BLOCK_TOKENS if traced else BLOCK_TOKENS) // chunk_size) * chunk_size
+    whole = n_tokens - n_tokens % chunk_size
+    blocks = [(slice(start, min(start + per_block, whole)), chunk_size) for start in range(0, whole, per_block)]
+    if whole < n_tokens:  # the last, shorter chunk is a block of its own
+        blocks.append((slice(whole, n_tokens), n_tokens - whole))
+    return blocks
+
+
 def _output_buffer(xp: Any, v: Array) -> Array | None:
-    """An uninitialised (..., T, H, D) output to fill chunk by chunk, or None where arrays are immutable.
+    """An uninitialised (..., T, H, D) output to fill block by block, or None where arrays are immutable.
 
     Filling one buffer keeps the peak at one copy of the output; collecting the
-    chunks and concatenating them (JAX, whose arrays are immutable, and Dask,
-    whose graph would grow with every assignment) holds two.
+    blocks and concatenating them (JAX, whose arrays are immutable) holds two.
     """
-    if not is_writeable_array(v) or is_dask_array(v):
+    if not is_writeable_array(v) or is_lazy_array(v):
         return None
     return xp.empty(v.shape, dtype=v.dtype, device=device_of(v))
 
 
-def causal_chunk(xp: Any, q: Array, k: Array, v: Array, state: LatteState) -> tuple[Array, LatteState]:
-    """One chunk of C tokens against the state of everything before it.
+def factoring_bound(xp: Any, dtype: Any) -> float:
+    """How far a key may rise above its chunk's reference R for the factored chunk: g = -ln(tiny) + 3 ln(eps).
 
-    q, k: (..., C, H, L) (k is -inf for padding); v: (..., C, H, D).
+    That is 39.5 for float32 (and 16-bit inputs, which are computed in float32) and
+    600.3 for float64. Below it every weight exp(k_s - R) is at most exp(g), about
+    eps³ times the largest float, so the sums and products of weights over a chunk,
+    its latents and values of any ordinary size keep a margin of 1/eps³ from
+    overflow. Underflow needs no bound: R is at most the running max m_t, so the
+    normaliser a_t is at least 1 and every weight that matters to token t is a
+    normal number.
+    """
+    info = xp.finfo(dtype)
+    return -math.log(float(info.smallest_normal)) + 3 * math.log(float(info.eps))
+
+
+def causal_block(
+    xp: Any, q: Array, k: Array, v: Array, state: LatteState, *, chunk_size: int
+) -> tuple[Array, LatteState]:
+    """N = T / C whole chunks at once, after the history ``state``: y (..., T, H, D) and the state after.
+
+    q, k: (..., T, H, L) (k is -inf for padding); v: (..., T, H, D); T a multiple of C.
+    Per chunk n and latent l, with M_n the running max at the chunk's end and
+    R_n = max(M_{n-1}, k_first) the running max at its first token::
+
+        S_n  = d_n S_{n-1} + sum_s exp(k_s - M_n) v_s,   d_n = exp(M_{n-1} - M_n)   the state: a linear recurrence
+        w_s  = exp(k_s - R_n)                                  one reference for the whole chunk
+        a_t  = c_n a_{n-1} + sum_{s<=t} w_s,              c_n = exp(M_{n-1} - R_n)   normaliser of token t
+        y_t  = sum_l p(l|t) / a_t (c_n S_{n-1} + sum_{s<=t} w_s v_s)
+
+    R_n, unlike M_n, depends on no token after the chunk's first, so no output
+    depends on a later token, not even in its last bit.
+    """
+    shape = tuple(k.shape)
+    n_chunks = shape[-3] // chunk_size
+    q, k = (xp.reshape(a, (*shape[:-3], n_chunks, chunk_size, *shape[-2:])) for a in (q, k))  # [..., N, C, H, L]
+    v = xp.reshape(v, (*shape[:-3], n_chunks, chunk_size, v.shape[-2], v.shape[-1]))  # [..., N, C, H, D]
+    traced = is_lazy_array(q)
+
+    running_max = xp.maximum(prefix_max(xp, xp.max(k, axis=-3), axis=-3), state.running_max[..., None, :, :])  # M_n
+    max_before = xp.concat([state.running_max[..., None, :, :], running_max[..., :-1, :, :]], axis=-3)  # M_{n-1}
+    entry_max = xp.maximum(max_before, k[..., 0, :, :])  # R_n, [..., N, H, L]
+    decay = xp.exp(max_before - finite_or_zero(xp, running_max))  # d_n <= 1, and 0 for an empty history
+
+    if traced:  # values unknown: every chunk by the per-token form
+        before, after = _carry(xp, state, max_before, decay, _summaries(xp, k, v, running_max), traced=True)
+        y, _ = causal_chunk(xp, q, k, v, before)
+        return xp.reshape(y, (*shape[:-1], v.shape[-1])), after
+
+    bound = factoring_bound(xp, k.dtype)
+    reference = finite_or_zero(xp, entry_max)
+    # Suspect chunks: a key more than `bound` above R_n, or a non-finite key or value (a nan compares False).
+    # Flags are per batch element and chunk, so that one sequence's inputs never change another's path.
+    # (A sum is non-finite when any term is, or when it overflows: then the chunk is only suspected needlessly.)
+    suspect = ~xp.all(running_max <= entry_max + bound, axis=(-2, -1)) | ~xp.isfinite(xp.sum(v, axis=(-3, -2, -1)))
+    suspects = _indices(xp, _any_but_chunks(xp, suspect))
+    k_in, v_in = k, v
+    if suspects:  # leave the offending tokens out of the factored pass; the tokens after them are redone below
+        k_in = xp.where(_out_of_bounds(xp, k, entry_max, bound), -xp.inf, k)
+        v_in = xp.where(xp.isfinite(v), v, xp.zeros_like(v))
+    weights = xp.exp(k_in - reference[..., None, :, :])  # [..., N, C, H, L], at most exp(bound)
+    w_hlc = xp.moveaxis(weights, -3, -1)  # [..., N, H, L, C]
+    v_hcd = xp.moveaxis(v_in, -3, -2)  # [..., N, H, C, D]
+    # Each chunk's own state from the same weights, moved to the frame of M_n by exp(R_n - M_n) <= 1.
+    to_end = xp.exp(xp.minimum(reference - finite_or_zero(xp, running_max), 0.0))  # [..., N, H, L]
+    local = LatteState(running_max, to_end * xp.sum(weights, axis=-3), to_end[..., None] * (w_hlc @ v_hcd))
+    # Suspects, and chunks whose summary overflowed (values near the dtype's largest), are summarised again.
+    resummarise = suspect | ~xp.isfinite(xp.sum(local.numerator, axis=(-3, -2, -1)))  # [..., N]
+    chunks = _indices(xp, _any_but_chunks(xp, resummarise))
+    if chunks:
+        (m_chunks, again) = _take_chunks(xp, chunks, running_max, resummarise[..., None, None], axis=-3)
+        k_chunks, v_chunks = _take_chunks(xp, chunks, k, v)
+        exact = _summaries(xp, k_chunks, v_chunks, m_chunks)
+        fast = _take_state(xp, chunks, local)
+        local = LatteState(
+            running_max,
+            _put_chunks(xp, local.normaliser, chunks, xp.where(again, exact.normaliser, fast.normaliser), axis=-3),
+            _put_chunks(xp, local.numerator, chunks, xp.where(again[..., None], exact.numerator, fast.numerator)),
+        )
+    before, after = _carry(xp, state, max_before, decay, local, traced=False)
+
+    # Only a chunk that starts with no history (R_n = -inf) can hold tokens that have none, or one whose
+    # offending keys were left out (the tokens after them are redone, but must not divide by 0 meanwhile).
+    any_empty = bool(suspects) or not bool(xp.all(entry_max != -xp.inf))
+    y = _factored(
+        xp, q, weights, v_in, before, xp.exp(max_before - reference), any_empty=any_empty
+    )  # [..., N, C, H, D]
+    if suspects:  # from a chunk's first offending token on, the per-token form
+        q_s, k_s, v_s = _take_chunks(xp, suspects, q, k, v)
+        (r_s,) = _take_chunks(xp, suspects, entry_max, axis=-3)
+        token_out = xp.any(_out_of_bounds(xp, k_s, r_s, bound), axis=-1) | ~xp.all(xp.isfinite(v_s), axis=-1)
+        from_first_out = xp.cumulative_sum(xp.astype(token_out, xp.int32), axis=-2) > 0  # [..., n, C, H]
+        per_token, _ = causal_chunk(xp, q_s, k_s, v_s, _take_state(xp, suspects, before))
+        (factored,) = _take_chunks(xp, suspects, y)
+        y = _put_chunks(xp, y, suspects, xp.where(from_first_out[..., None], per_token, factored))
+    return xp.reshape(y, (*shape[:-1], v.shape[-1])), after
+
+
+def _out_of_bounds(xp: Any, k: Array, entry_max: Array, bound: float) -> Array:
+    """Keys the factored form cannot take: non-finite or more than ``bound`` above R_n (padding, -inf, is fine).
+
+    k: (..., N, C, H, L), entry_max R_n: (..., N, H, L) -> bool (..., N, C, H, L).
+    """
+    return (k != -xp.inf) & ~(k <= entry_max[..., None, :, :] + bound)
+
+
+def _factored(
+    xp: Any, q: Array, weights: Array, v: Array, before: LatteState, carried: Array, *, any_empty: bool = True
+) -> Array:
+    """The factored chunks: two matrix products each, plus the carried state. y (..., N, C, H, D).
+
+    weights: exp(k_s - R_n), (..., N, C, H, L), finite; carried: c_n, (..., N, H, L); ``before``
+    holds the states before the chunks, (..., N, H, L[, D]). ``any_empty=False`` promises that
+    every token has a history (a_t >= 1), which saves a pass.
+    """
+    chunk_size = weights.shape[-3]
+    lower = _lower_triangle(xp, chunk_size, weights.dtype, device_of(weights))  # [C(t), C(s)]
+    # a_t for every token: the carried normaliser plus a prefix sum of the weights, as a lower-triangular product
+    prefix = xp.reshape(lower @ xp.reshape(weights, (*weights.shape[:-2], -1)), weights.shape)
+    normaliser = prefix + (carried * before.normaliser)[..., None, :, :]  # [..., N, C, H, L], >= 1 or 0
+
+    p_latent_given_query = softmax(xp, q, axis=-1)  # [..., N, C, H, L]
+    # A token with no history (a_t = 0) meets only weights of 0, so dividing its p(l | t) by 1 is exact.
+    if any_empty:
+        normaliser = xp.where(normaliser == 0, xp.ones_like(normaliser), normaliser)
+    read = p_latent_given_query / normaliser
+    read_hcl = xp.moveaxis(read, -3, -2)  # [..., N, H, C(t), L]
+    # Causal by a product with 0/1 rather than a where: every entry is finite here, so 0 * entry is exactly 0.
+    scores = (read_hcl @ xp.moveaxis(weights, -3, -1)) * lower  # [..., N, H, C(t), C(s)]
+    y = scores @ xp.moveaxis(v, -3, -2) + (read_hcl * carried[..., None, :]) @ before.numerator  # [..., N, H, C, D]
+    return xp.moveaxis(y, -2, -3)
+
+
+def _summaries(xp: Any, k: Array, v: Array, running_max: Array) -> LatteState:
+    """Each chunk's own state in the frame of M_n: k (..., N, C, H, L), v (..., N, C, H, D), M_n (..., N, H, L)."""
+    weights = xp.exp(k - finite_or_zero(xp, running_max)[..., None, :, :])  # [..., N, C, H, L]
+    return LatteState(running_max, xp.sum(weights, axis=-3), xp.moveaxis(weights, -3, -1) @ xp.moveaxis(v, -3, -2))
+
+
+def _carry(
+    xp: Any, state: LatteState, max_before: Array, decay: Array, local: LatteState, *, traced: bool
+) -> tuple[LatteState, LatteState]:
+    """The state before every chunk (each in its own running max's frame) and the state after the last.
+
+    S_before[0] = state;  S_before[n+1] = d_n S_before[n] + local[n]  (and likewise the normaliser).
+    Eager arrays run the recurrence as a loop over the N chunks (cheap: two small
+    products per chunk); traced ones as a log-depth doubling scan, which keeps the
+    graph short. Both are exact: the running maxima, and with them d_n, are known.
+    """
+    running_max = local.running_max  # [..., N, H, L]
+    if traced:
+        normaliser, numerator = _doubling_scan(xp, decay, local.normaliser, local.numerator, state)
+    else:
+        normaliser, numerator = _loop_scan(xp, decay, local.normaliser, local.numerator, state)
+    before = LatteState(max_before, normaliser[..., :-1, :, :], numerator[..., :-1, :, :, :])
+    after = LatteState(running_max[..., -1, :, :], normaliser[..., -1, :, :], numerator[..., -1, :, :, :])
+    return before, after
+
+
+def _loop_scan(xp: Any, decay: Array, a_local: Array, s_local: Array, state: LatteState) -> tuple[Array, Array]:
+    """States at the N + 1 chunk boundaries by the recurrence, one chunk at a time: (..., N+1, H, L[, D])."""
+    a, s = state.normaliser, state.numerator
+    normalisers, numerators = [a], [s]
+    for n in range(decay.shape[-3]):
+        d = decay[..., n, :, :]  # [..., H, L]
+        a = a * d + a_local[..., n, :, :]
+        s = s * d[..., None] + s_local[..., n, :, :, :]
+        normalisers.append(a)
+        numerators.append(s)
+    return xp.stack(normalisers, axis=-3), xp.stack(numerators, axis=-4)
+
+
+def _doubling_scan(xp: Any, decay: Array, a_local: Array, s_local: Array, state: LatteState) -> tuple[Array, Array]:
+    """The same states by a Hillis-Steele scan of the maps x -> d x + b, composed in log2(N) rounds."""
+    d = decay  # [..., N, H, L]
+    a, s = a_local, s_local
+    reach, n = 1, decay.shape[-3]
+    while reach < n:
+        # Position i takes in the map ending at i - reach: (d, b) after (d', b') is (d d', d b' + b).
+        a = xp.concat(
+            [a[..., :reach, :, :], d[..., reach:, :, :] * a[..., :-reach, :, :] + a[..., reach:, :, :]], axis=-3
+        )
+        s = xp.concat(
+            [s[..., :reach, :, :, :], d[..., reach:, :, :, None] * s[..., :-reach, :, :, :] + s[..., reach:, :, :, :]],
+            axis=-4,
+        )
+        d = xp.concat([d[..., :reach, :, :], d[..., reach:, :, :] * d[..., :-reach, :, :]], axis=-3)
+        reach *= 2
+    # Apply the composed maps to the incoming state; the first boundary is the state itself.
+    a = xp.concat([state.normaliser[..., None, :, :], d * state.normaliser[..., None, :, :] + a], axis=-3)
+    s = xp.concat(
+        [state.numerator[..., None, :, :, :], d[..., None] * state.numerator[..., None, :, :, :] + s], axis=-4
+    )
+    return a, s
+
+
+def _any_but_chunks(xp: Any, flags: Array) -> Array:
+    """``any`` over the batch axes of flags (..., N): (N,)."""
+    return xp.any(xp.reshape(flags, (-1, flags.shape[-1])), axis=0)
+
+
+def _indices(xp: Any, flags: Array) -> list[int]:
+    """Positions of the True entries of a 1-d boolean array, as Python ints."""
+    (where,) = xp.nonzero(flags)
+    return [int(where[i]) for i in range(where.shape[0])]
+
+
+def _take_chunks(xp: Any, chunks: list[int], *arrays: Array, axis: int = -4) -> list[Array]:
+    """The listed chunks of each array, along its chunk axis (-4 for (..., N, C, H, X))."""
+    index = xp.asarray(chunks, device=device_of(arrays[0]))
+    return [xp.take(a, index, axis=axis) for a in arrays]
+
+
+def _take_state(xp: Any, chunks: list[int], state: LatteState) -> LatteState:
+    """The listed chunks of states (..., N, H, L[, D])."""
+    (running_max, normaliser), (numerator,) = (
+        _take_chunks(xp, chunks, *state[:2], axis=-3),
+        _take_chunks(xp, chunks, state[2]),
+    )
+    return LatteState(running_max, normaliser, numerator)
+
+
+def _put_chunks(xp: Any, a: Array, chunks: list[int], values: Array, *, axis: int = -4) -> Array:
+    """``a`` with its listed chunks along ``axis`` replaced by those of ``values``, in order."""
+
+    def at(position: int | slice) -> tuple[Any, ...]:
+        return (Ellipsis, position, *((slice(None),) * (-axis - 1)))
+
+    if is_writeable_array(a):
+        for i, n in enumerate(chunks):
+            a[at(n)] = values[at(i)]
+        return a
+    pieces = [a[at(slice(n, n + 1))] for n in range(a.shape[axis])]
+    for i, n in enumerate(chunks):
+        pieces[n] = values[at(slice(i, i + 1))]
+    return xp.concat(pieces, axis=axis)
+
+
+def _lower_triangle(xp: Any, n: int, dtype: Any, device: Any) -> Array:
+    """(n, n) of ones on and below the diagonal: row t sums or keeps the keys s <= t."""
+    positions = xp.arange(n, device=device)
+    return xp.astype(positions[:, None] >= positions[None, :], dtype)
+
+
+def causal_chunk(xp: Any, q: Array, k: Array, v: Array, state: LatteState) -> tuple[Array, LatteState]:
+    """One chunk of C tokens against the state of everything before it, with every token's own running max.
+
+    The per-token form: exact for any logits, at the cost of C·L exponentials per
+    token. q, k: (..., C, H, L) (k is -inf for padding); v: (..., C, H, D).
     For query t and key s <= t of the chunk, latent l::
 
         m_t       = max(m_prev, max_{s<=t} k_s)                running max, as in the recurrence

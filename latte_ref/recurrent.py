@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._array import (
     Array,
     check_flag,
@@ -11,6 +13,7 @@ from ._array import (
     device_of,
     finite_or_zero,
     mask_keys_and_values,
+    mask_output,
     namespace_of,
     safe_divide,
     softmax,
@@ -74,7 +77,14 @@ def step(
     if mask_t is not None:
         # A padded token is a key of weight exp(-inf) = 0: the update below leaves the state as it is.
         k_t, v_t = mask_keys_and_values(xp, mask_t, k_t, v_t)
+    y_t, state = _step(xp, q_t, k_t, v_t, state)
+    if mask_t is not None:
+        y_t = xp.where(mask_t[..., None, None], y_t, xp.zeros_like(y_t))
+    return xp.astype(y_t, out_dtype), state
 
+
+def _step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tuple[Array, LatteState]:
+    """The update and read-out of :func:`step` on checked arrays of the computation dtype (k_t = -inf for padding)."""
     running_max = xp.maximum(state.running_max, k_t)  # [..., H, L]
     shift = finite_or_zero(xp, running_max)
     decay = xp.exp(state.running_max - shift)  # [..., H, L], <= 1
@@ -84,13 +94,10 @@ def step(
         normaliser=state.normaliser * decay + weight,
         numerator=state.numerator * decay[..., None] + weight[..., None] * v_t[..., None, :],  # [..., H, L, D]
     )
-
     p_latent_given_query = softmax(xp, q_t, axis=-1)  # [..., H, L]
     read = safe_divide(xp, p_latent_given_query, state.normaliser)  # p(l | t) / a_t
     y_t = (read[..., None, :] @ state.numerator)[..., 0, :]  # [..., H, 1, L] @ [..., H, L, D] -> [..., H, D]
-    if mask_t is not None:
-        y_t = xp.where(mask_t[..., None, None], y_t, xp.zeros_like(y_t))
-    return xp.astype(y_t, out_dtype), state
+    return y_t, state
 
 
 def recurrent(
@@ -132,16 +139,19 @@ def recurrent(
     check_qkv(q, k, v)
     check_mask(xp, mask, q.shape[:-2], like=q)
     check_flag("return_state", return_state)
-    out_dtype, _ = compute_dtype(xp, q, k, v)
-    if state is not None:  # checked here too, so that T = 0 refuses a bad state as well
-        check_state(xp, state, q, v, out_dtype)
+    out_dtype, dtype = compute_dtype(xp, q, k, v)
+    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
+    if state is None:
+        state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
+    else:
+        state = check_state(xp, state, q, v, dtype)
+    if mask is not None:
+        k, v = mask_keys_and_values(xp, mask, k, v)
+    # Checked once above: the loop runs the bare update, token by token.
     outputs = []
     for t in range(q.shape[-3]):
-        mask_t = None if mask is None else mask[..., t]
-        y_t, state = step(q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state, mask_t=mask_t)
+        y_t, state = _step(xp, q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state)
         outputs.append(y_t)
-    if state is None:  # T = 0 and no state given
-        _, dtype = compute_dtype(xp, q, k, v)
-        state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
-    y = xp.stack(outputs, axis=-3) if outputs else xp.zeros_like(v, dtype=out_dtype)
+    y = xp.stack(outputs, axis=-3) if outputs else xp.zeros_like(v)
+    y = xp.astype(mask_output(xp, mask, y), out_dtype, copy=False)
     return (y, state) if return_state else y

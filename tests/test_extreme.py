@@ -147,14 +147,24 @@ POISONS = [("q", np.nan), ("k", np.nan), ("v", np.nan), ("k", np.inf), ("v", np.
 
 
 def test_a_non_finite_input_reaches_only_the_outputs_that_read_it(case: Case, rng: np.random.Generator) -> None:
-    """Batch row i + 1 carries poison i at token POISON_AT; row 0 is clean and must not change either."""
-    clean = {name: rng.normal(size=(1, 17, 2, 4 if name == "v" else 3)) for name in "qkv"}
-    poisoned = {name: np.repeat(a, len(POISONS) + 1, axis=0) for name, a in clean.items()}
+    """Batch row i + 1 carries poison i at token POISON_AT; row 0 is clean and must not change either.
+
+    Each row is compared with the same row of an unpoisoned call: a matrix product may round the
+    same numbers differently at another batch position (its memory alignment differs), so rows
+    are not compared with each other.
+    """
+    clean = {
+        name: np.repeat(rng.normal(size=(1, 17, 2, 4 if name == "v" else 3)), len(POISONS) + 1, 0) for name in "qkv"
+    }
+    poisoned = {name: a.copy() for name, a in clean.items()}
     for row, (where, value) in enumerate(POISONS, start=1):
         poisoned[where][row, POISON_AT, 1, 0] = value
-    for name, (y, causal) in _all_forms(*(case.array(poisoned[n]) for n in "qkv")).items():
-        y = case.numpy(y)
-        assert np.all(np.isfinite(y[0])), f"{name}: the clean batch row was touched"
+    outputs = _all_forms(*(case.array(poisoned[n]) for n in "qkv"))
+    for (name, (y, causal)), (y_clean, _) in zip(
+        outputs.items(), _all_forms(*(case.array(clean[n]) for n in "qkv")).values()
+    ):
+        y, y_clean = case.numpy(y), case.numpy(y_clean)
+        np.testing.assert_array_equal(y[0], y_clean[0], err_msg=f"{name}: the clean batch row was touched")
         for row, (where, value) in enumerate(POISONS, start=1):
             if where == "q":  # a query only reads for itself
                 untouched = np.arange(17) != POISON_AT
@@ -162,7 +172,7 @@ def test_a_non_finite_input_reaches_only_the_outputs_that_read_it(case: Case, rn
                 untouched = np.arange(17) < POISON_AT
             else:
                 untouched = np.zeros(17, dtype=bool)
-            np.testing.assert_array_equal(y[row, untouched], y[0, untouched], err_msg=f"{name} {where}={value}")
+            np.testing.assert_array_equal(y[row, untouched], y_clean[row, untouched], err_msg=f"{name} {where}={value}")
             assert not np.all(np.isfinite(y[row, POISON_AT])), f"{name} {where}={value}: reads as finite"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,9 +105,25 @@ def run(args: argparse.Namespace) -> int:
         result = _write(output, suite, config, the_machine, rows, started)  # after every task: a cut run keeps its rows
     _progress(len(tasks), len(tasks), "done", started)
     sys.stderr.write("\n")
+    the_machine["load_average_at_end"] = list(os.getloadavg())
     result = _write(output, suite, config, the_machine, rows, started)
     targets = result["targets"]
+    if config.quick:
+        wall = result["wall_seconds"]
+        targets.append(
+            {
+                "target": "bench --quick wall time (s)",
+                "where": "whole run",
+                "bound": 45.0,
+                "sense": "<=",
+                "measured": wall,
+                "met": wall <= 45.0,
+            }
+        )
     print(f"wrote {output / 'results.json'}")
+    busy = _busy(the_machine)
+    if busy:
+        print(f"warning: {busy}; timings are noisy, compare only the ratios of one run")
     for t in targets:
         value = "not measured" if t["measured"] is None else f"{t['measured']:.3g}"
         verdict = {True: "met", False: "NOT met", None: ""}[t["met"]]
@@ -119,6 +136,16 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("matplotlib is not installed (pip install 'latte-ref[plot]'): no plots")
     return 0
+
+
+def _busy(machine: dict[str, Any]) -> str | None:
+    """A sentence when the 1-minute load average, at the start or the end of the run, says others used the cores."""
+    cores = machine.get("logical_cores") or 1
+    loads = [machine["load_average_at_start"][0], machine["load_average_at_end"][0]]
+    # The benchmark itself keeps up to all cores busy, so only a load beyond them says someone else was there.
+    if max(loads) > 1.25 * cores:
+        return f"the machine was busy (load average {max(loads):.1f} on {cores} cores)"
+    return None
 
 
 def _write(

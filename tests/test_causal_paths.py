@@ -1,0 +1,135 @@
+"""The two paths of the chunkwise causal form: factored chunks, and the per-token form beyond the bound.
+
+Each test forces a path (a bound of -inf sends every token to the per-token form)
+or builds logits that cross the bound, and compares with the definition.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TOLERANCE, Case
+from helpers import random_qkv, relative_error
+
+import latte_ref
+
+causal_module = importlib.import_module("latte_ref.causal")
+
+
+@pytest.fixture
+def per_token_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk, every token by the per-token form."""
+    monkeypatch.setattr(causal_module, "factoring_bound", lambda xp, dtype: -np.inf)
+
+
+@pytest.fixture
+def per_token_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many chunks each call of the per-token form received."""
+    calls: list[int] = []
+    original = causal_module.causal_chunk
+
+    def counting(xp: Any, q: Any, k: Any, v: Any, state: Any) -> Any:
+        calls.append(q.shape[-4] if q.ndim >= 4 else 1)
+        return original(xp, q, k, v, state)
+
+    monkeypatch.setattr(causal_module, "causal_chunk", counting)
+    return calls
+
+
+def _jumping_logits(rng: np.random.Generator, n_tokens: int) -> np.ndarray:
+    """Keys that jump by 100 to 400 inside chunks, then slide down by hundreds over the sequence. (T, H=2, L=3)."""
+    k = rng.normal(size=(n_tokens, 2, 3))
+    for start in rng.choice(n_tokens, size=6, replace=False):
+        k[start:, rng.integers(2), rng.integers(3)] += rng.uniform(100, 400)
+    return k - np.linspace(0, 900, n_tokens)[:, None, None]
+
+
+def test_factored_path_alone_on_bounded_logits(per_token_calls: list[int], rng: np.random.Generator) -> None:
+    q, k, v = random_qkv(rng, (2,), 200, 2, 3, 4, scale=3.0)
+    for chunk_size in (1, 7, 64):
+        y = latte_ref.causal(q, k, v, chunk_size=chunk_size)
+        assert relative_error(y, latte_ref.definition(q, k, v, causal=True)) <= 1e-13
+    assert per_token_calls == []  # no chunk needed the per-token form
+
+
+def test_per_token_path_alone_equals_the_definition(case: Case, rng: np.random.Generator, per_token_only: None) -> None:
+    q, k, v = random_qkv(rng, (2,), 37, 2, 3, 4, scale=3.0)
+    mask = np.arange(37)[None, :] < np.array([[37], [20]])
+    mask[0, :4] = False  # left padding too
+    y = latte_ref.causal(*(case.array(a) for a in (q, k, v)), mask=case.array(mask), chunk_size=8)
+    expected = latte_ref.definition(*(case.numpy(case.array(a)) for a in (q, k, v)), causal=True, mask=mask)
+    assert relative_error(case.numpy(y), expected) <= case.tol
+
+
+def test_both_paths_agree_with_each_other(case: Case, rng: np.random.Generator, monkeypatch: Any) -> None:
+    q, k, v = (case.array(a) for a in random_qkv(rng, (2,), 45, 2, 3, 4, scale=3.0))
+    factored, state = latte_ref.causal(q, k, v, chunk_size=8, return_state=True)
+    monkeypatch.setattr(causal_module, "factoring_bound", lambda xp, dtype: -np.inf)
+    per_token, state_per_token = latte_ref.causal(q, k, v, chunk_size=8, return_state=True)
+    assert relative_error(case.numpy(factored), case.numpy(per_token)) <= case.tol
+    for a, b in zip(state, state_per_token, strict=True):
+        assert relative_error(case.numpy(a), case.numpy(b)) <= case.tol
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("chunk_size", [5, 16, 64])
+def test_jumping_and_sliding_logits(
+    dtype: str, chunk_size: int, rng: np.random.Generator, per_token_calls: list[int]
+) -> None:
+    n_tokens = 300
+    k = _jumping_logits(rng, n_tokens)
+    q, v = rng.normal(size=(n_tokens, 2, 3)) * 3, rng.normal(size=(n_tokens, 2, 4))
+    expected = latte_ref.definition(q, k, v, causal=True)
+    y, state = latte_ref.causal(*(a.astype(dtype) for a in (q, k, v)), chunk_size=chunk_size, return_state=True)
+    assert np.all(np.isfinite(y))
+    assert relative_error(y, expected) <= TOLERANCE[dtype]
+    _, exact_state = latte_ref.recurrent(q, k, v, return_state=True)
+    for a, b in zip(state, exact_state, strict=True):
+        assert relative_error(np.asarray(a, dtype=np.float64), b) <= TOLERANCE[dtype]
+    n_chunks = -(-n_tokens // chunk_size)
+    # In float32 (bound 39.5) only the chunks with a jump take the per-token form; float64's bound is 600.
+    assert sum(per_token_calls) < n_chunks and (dtype == "float64" or sum(per_token_calls) > 0)
+
+
+def test_a_jump_inside_a_chunk_leaves_the_earlier_tokens_factored_and_causal(rng: np.random.Generator) -> None:
+    """Tokens before the jump are identical, bit for bit, to a run where the jump never comes."""
+    q, k, v = random_qkv(rng, (), 64, 2, 3, 4)
+    jumped = k.copy()
+    jumped[40:, 1, 2] += 300.0
+    y_plain, y_jump = (latte_ref.causal(q, keys, v, chunk_size=64) for keys in (k, jumped))
+    np.testing.assert_array_equal(y_plain[:40], y_jump[:40])
+    assert relative_error(y_jump, latte_ref.definition(q, jumped, v, causal=True)) <= 1e-13
+
+
+def test_the_bound_of_each_dtype() -> None:
+    xp = latte_ref.backends.get_backend("numpy").namespace()
+    assert 39 < causal_module.factoring_bound(xp, xp.float32) < 40
+    assert 600 < causal_module.factoring_bound(xp, xp.float64) < 601
+
+
+def test_loop_and_doubling_scans_agree(rng: np.random.Generator) -> None:
+    xp = latte_ref.backends.get_backend("numpy").namespace()
+    n, batch = 13, (2,)
+    decay = rng.uniform(0, 1, size=(*batch, n, 2, 3))
+    decay[..., 4, :, :] = 0.0  # a history forgotten entirely
+    a_local, s_local = rng.uniform(0, 2, size=(*batch, n, 2, 3)), rng.normal(size=(*batch, n, 2, 3, 4))
+    state = latte_ref.LatteState(
+        np.zeros((*batch, 2, 3)), rng.uniform(1, 2, (*batch, 2, 3)), rng.normal(size=(*batch, 2, 3, 4))
+    )
+    loop = causal_module._loop_scan(xp, decay, a_local, s_local, state)
+    doubling = causal_module._doubling_scan(xp, decay, a_local, s_local, state)
+    for a, b in zip(loop, doubling, strict=True):
+        assert a.shape == b.shape and relative_error(b, a) <= 1e-14
+
+
+def test_gradients_through_both_paths() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    q, v = rng.normal(size=(30, 2, 3)), rng.normal(size=(30, 2, 4))
+    k = rng.normal(size=(30, 2, 3))
+    k[17:, 0, 1] += 120.0  # a jump inside the chunk 16..23: its later tokens take the per-token form
+    inputs = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda q, k, v: latte_ref.causal(q, k, v, chunk_size=8), inputs)
