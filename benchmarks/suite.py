@@ -1,41 +1,46 @@
 """Latte benchmark suite: time and peak memory of every form against T, with references measured in the same run.
 
-Run through ``latte-ref bench`` (which adds the progress line, the JSON file and the plots), or directly::
+A plain script, also run by ``latte-ref bench`` (which passes its options through)::
 
     python benchmarks/suite.py --quick
 
-Every figure the targets need is a ratio of two timings taken in this one process,
-each the minimum of several repeats: the machines these run on are shared and noisy.
-Framework-specific references (``torch.nn.functional.scaled_dot_product_attention``,
-``jax.nn.dot_product_attention``) live here, not in the ``latte_ref`` core.
+It prints a progress line, writes ``results.json`` after every measurement (so a run cut
+short keeps what it measured), prints every target as met or missed, and draws PNG plots
+when matplotlib is installed. The measurements are in ``measurements.py``, the targets in
+``targets.py`` and the plots in ``plots.py``, beside this file.
 """
 
 from __future__ import annotations
 
-import gc
-import importlib
-import math
+import argparse
+import json
 import os
-import platform
-import resource
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+from measurements import (
+    form_row,
+    gemm_floor_row,
+    machine,
+    peer_rows,
+    scan_rows,
+    sizes,
+    softmax_bytes,
+    softmax_row,
+    step_rows,
+)
+from targets import summarise_targets
 
-import latte_ref
-from latte_ref import backends  # type: ignore[attr-defined]
-from latte_ref.state import summarise
+from latte_ref import backends
 
-__all__ = ["Config", "Task", "machine", "plan", "summarise_targets"]
+__all__ = ["Config", "Task", "main", "plan"]
 
-H, L, D = 4, 32, 32
-"""Heads, latents per head and value dimension per head of every benchmark (the issue's setting)."""
+HELP = "time and peak memory of every form against T, with GEMM-floor and softmax-attention references (JSON + PNG)"
 
 
 @dataclass
@@ -96,332 +101,6 @@ class Task:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-# -- machine ------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """Where the numbers come from: CPU, cores, memory, load, library versions."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "processor": _cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_average_at_start": list(os.getloadavg()),
-        "versions": {"latte_ref": latte_ref.__version__, "numpy": np.__version__},
-    }
-    for name in ("torch", "jax"):  # versions of the frameworks this run imported
-        if name in sys.modules:
-            info["versions"][name] = sys.modules[name].__version__
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-# -- inputs and timing --------------------------------------------------------------------------
-
-
-def random_inputs(n_tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """q, k (T, H, L) and v (T, H, D) in float32, B = 1 (no batch axis)."""
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n_tokens, H, L), dtype=np.float32)
-    k = rng.standard_normal((n_tokens, H, L), dtype=np.float32)
-    v = rng.standard_normal((n_tokens, H, D), dtype=np.float32)
-    return q, k, v
-
-
-def best_time(fn: Callable[[], Any], backend: backends.Backend, repeats: int) -> float:
-    """Minimum wall time of ``repeats`` calls after one warm-up call, which is discarded.
-
-    The warm-up pays for compilation, first-touch page faults and caches; a call of
-    over 20 s is its own warm-up (repeating it would cost minutes), so it is kept.
-    """
-    start = time.perf_counter()
-    backend.synchronize(fn())
-    first = time.perf_counter() - start
-    if first > 20:
-        return first
-    best = math.inf
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        backend.synchronize(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def numpy_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes NumPy allocated during ``fn()`` beyond what was live before (inputs excluded).
-
-    NumPy reports its buffers to :mod:`tracemalloc`, so this is exact for NumPy arrays.
-    """
-    gc.collect()
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base, _ = tracemalloc.get_traced_memory()
-    result = fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del result
-    return peak - base
-
-
-def sizes(upto: int, start: int = 1024) -> list[int]:
-    out, n = [], start
-    while n <= upto:
-        out.append(n)
-        n *= 2
-    return out
-
-
-# -- the forms ----------------------------------------------------------------------------------
-
-
-FORMS: dict[str, Callable[..., Any]] = {
-    "bidirectional": lambda q, k, v: latte_ref.bidirectional(q, k, v),
-    "causal": lambda q, k, v: latte_ref.causal(q, k, v),
-    "recurrent": lambda q, k, v: latte_ref.recurrent(q, k, v),
-}
-
-
-def form_row(backend: backends.Backend, form: str, n_tokens: int, repeats: int, *, memory: bool, **extra: Any):
-    q, k, v = random_inputs(n_tokens)
-    xq, xk, xv = (backend.asarray(a, dtype="float32") for a in (q, k, v))
-    fn = FORMS[form]
-    if "chunk_size" in extra:
-        fn = partial(latte_ref.causal, chunk_size=extra["chunk_size"])
-    row: dict[str, Any] = {"kind": "form", "backend": backend.name, "form": form, "T": n_tokens, **extra}
-    row["seconds"] = best_time(lambda: fn(xq, xk, xv), backend, repeats)
-    row["input_bytes"] = int(q.nbytes + k.nbytes + v.nbytes)
-    if memory and backend.name == "numpy" and form != "recurrent":  # the scan holds one output, as causal does
-        row["peak_bytes_excluding_inputs"] = numpy_peak_bytes(lambda: fn(xq, xk, xv))
-        row["peak_bytes_including_inputs"] = row["peak_bytes_excluding_inputs"] + row["input_bytes"]
-        row["process_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return [row]
-
-
-# -- references ---------------------------------------------------------------------------------
-
-
-def gemm_floor_row(backend: backends.Backend, n_tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """The two products every Latte evaluation needs, alone: S = k^T v (L x T @ T x D) and p S (T x L @ L x D)."""
-    q, k, v = random_inputs(n_tokens)
-    xp = backend.namespace()
-    k_hlt = backend.asarray(np.ascontiguousarray(k.transpose(1, 2, 0)), dtype="float32")  # [H, L, T]
-    v_htd = backend.asarray(np.ascontiguousarray(v.transpose(1, 0, 2)), dtype="float32")  # [H, T, D]
-    p_htl = backend.asarray(np.ascontiguousarray(q.transpose(1, 0, 2)), dtype="float32")  # [H, T, L]
-
-    def floor() -> Any:
-        return xp.matmul(p_htl, xp.matmul(k_hlt, v_htd))
-
-    seconds = best_time(floor, backend, repeats)
-    return [{"kind": "floor", "backend": backend.name, "T": n_tokens, "seconds": seconds}]
-
-
-def softmax_attention(backend_name: str, is_causal: bool) -> Callable[[Any, Any, Any], Any] | None:
-    """Standard softmax attention in the backend's own idiom; q, k, v are (T, H, D)."""
-    if backend_name == "numpy":
-
-        def numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-            n_tokens = q.shape[0]
-            out = np.empty_like(v)
-            hidden = np.triu(np.ones((n_tokens, n_tokens), dtype=bool), 1) if is_causal else None
-            for h in range(q.shape[1]):  # one head at a time: a T x T score matrix per head
-                scores = q[:, h] @ k[:, h].T * np.float32(1 / math.sqrt(q.shape[-1]))
-                if hidden is not None:
-                    scores[hidden] = -np.inf
-                scores -= scores.max(axis=-1, keepdims=True)
-                np.exp(scores, out=scores)
-                scores /= scores.sum(axis=-1, keepdims=True)
-                out[:, h] = scores @ v[:, h]
-            return out
-
-        return numpy_attention
-    if backend_name == "torch":
-        import torch
-
-        def torch_attention(q: Any, k: Any, v: Any) -> Any:
-            q1, k1, v1 = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, T, D]
-            with torch.no_grad():
-                return torch.nn.functional.scaled_dot_product_attention(q1, k1, v1, is_causal=is_causal)
-
-        return torch_attention
-    if backend_name == "jax":
-        import jax
-
-        attend = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q[None], k[None], v[None], is_causal=is_causal))
-        return attend
-    return None
-
-
-def softmax_row(backend: backends.Backend, n_tokens: int, is_causal: bool, repeats: int) -> list[dict[str, Any]]:
-    fn = softmax_attention(backend.name, is_causal)
-    if fn is None:
-        return []
-    rng = np.random.default_rng(1)
-    q, k, v = (
-        backend.asarray(rng.standard_normal((n_tokens, H, D), dtype=np.float32), dtype="float32") for _ in range(3)
-    )
-    row = {"kind": "softmax", "backend": backend.name, "causal": is_causal, "T": n_tokens}
-    try:
-        row["seconds"] = best_time(lambda: fn(q, k, v), backend, repeats)
-    except (MemoryError, RuntimeError) as exc:  # out of memory in the framework
-        row["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
-    return [row]
-
-
-def softmax_bytes(backend_name: str, n_tokens: int) -> int:
-    """Estimated memory of standard attention: the score matrix (one head at a time in NumPy)."""
-    heads = H if backend_name == "jax" else 1  # NumPy here loops over heads; torch's kernel need not hold them all
-    return 2 * heads * n_tokens * n_tokens * 4 + (n_tokens * n_tokens if backend_name == "numpy" else 0)
-
-
-def step_rows(backend: backends.Backend, context: int, repeats: int) -> list[dict[str, Any]]:
-    """Per-token cost after ``context`` tokens: Latte ``step`` against standard attention with a KV cache."""
-    rng = np.random.default_rng(2)
-    xp = backend.namespace()
-    k_ctx = backend.asarray(rng.standard_normal((context, H, L), dtype=np.float32), dtype="float32")
-    v_ctx = backend.asarray(rng.standard_normal((context, H, D), dtype=np.float32), dtype="float32")
-    # The cost of a step does not depend on the state's values; the summary of a random context is a valid one.
-    state = summarise(xp, k_ctx, v_ctx)
-    q_t, k_t, v_t = (backend.asarray(rng.standard_normal((H, L), dtype=np.float32), dtype="float32") for _ in range(3))
-    latte = best_time(lambda: latte_ref.step(q_t, k_t, v_t, state)[0], backend, max(repeats, 20))
-
-    # Standard attention: the cache holds the context's keys and values, heads first; one query reads them all.
-    k_cache = xp.moveaxis(k_ctx, 0, 1)  # [H, n, D] (L = D here)
-    v_cache = xp.moveaxis(v_ctx, 0, 1)  # [H, n, D]
-    scale = 1 / math.sqrt(D)
-
-    def kv_step() -> Any:
-        scores = (k_cache @ q_t[..., None])[..., 0] * scale  # [H, n]
-        weights = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
-        weights = weights / xp.sum(weights, axis=-1, keepdims=True)
-        return (weights[:, None, :] @ v_cache)[:, 0, :]  # [H, D]
-
-    kv = best_time(kv_step, backend, max(repeats, 5))
-    return [
-        {"kind": "step", "backend": backend.name, "method": "latte_step", "context": context, "seconds": latte},
-        {"kind": "step", "backend": backend.name, "method": "kv_cache_softmax", "context": context, "seconds": kv},
-    ]
-
-
-def scan_rows(backend: backends.Backend, n_tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """The two ways ``causal`` carries the state across N = T / C chunks: a loop, and a doubling scan."""
-    causal_module = importlib.import_module("latte_ref.causal")
-    n_chunks = n_tokens // causal_module.DEFAULT_CHUNK_SIZE
-    rng = np.random.default_rng(4)
-    decay, a_local = (
-        backend.asarray(rng.uniform(0, 1, (n_chunks, H, L)).astype(np.float32), dtype="float32") for _ in range(2)
-    )
-    s_local = backend.asarray(rng.standard_normal((n_chunks, H, L, D), dtype=np.float32), dtype="float32")
-    state = latte_ref.init_state((), H, L, D, xp=backend.namespace(), dtype=decay.dtype)
-    xp = backend.namespace()
-    rows = []
-    for method in ("loop", "doubling"):
-        fn = partial(getattr(causal_module, f"_{method}_scan"), xp)
-        if backend.name == "jax":
-            import jax
-
-            fn = jax.jit(fn)
-        seconds = best_time(lambda fn=fn: fn(decay, a_local, s_local, state)[1], backend, repeats)
-        rows.append(
-            {
-                "kind": "scan",
-                "backend": backend.name,
-                "method": method,
-                "T": n_tokens,
-                "chunks": n_chunks,
-                "seconds": seconds,
-            }
-        )
-    return rows
-
-
-# -- the authors' algorithm as a peer -----------------------------------------------------------
-
-PEER_SETTING = {"batch": 2, "d_model": 128, "n_latents": 128, "n_heads": 4}
-"""The authors' setting for their causal layer: B = 2, d_model = L = 128 (32 latents per head), H = 4."""
-
-
-def scan_latte_layer(n_heads: int, unroll: int = 100) -> Callable[..., Any]:
-    """A causal Latte layer written as the authors' code computes it: a ``jax.lax.scan`` over tokens, under ``jit``.
-
-    The carry is the running max, normaliser and numerator of every latent, updated token by
-    token, as in their ``StableScanLatte`` (unrolled 100 steps by default, as theirs); the projections
-    and head split are those of :func:`latte_ref.latte_attention`.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    def layer(x: Any, wq: Any, wk: Any, wv: Any, wo: Any) -> Any:
-        batch, n_tokens, d_model = x.shape
-
-        def heads(a: Any) -> Any:  # [B, T, n_heads * X] -> [T, B, H, X]
-            return jnp.moveaxis(a.reshape(batch, n_tokens, n_heads, -1), 1, 0)
-
-        q, k, v = heads(x @ wq), heads(x @ wk), heads(x @ wv)
-        p_latent = jax.nn.softmax(q, axis=-1)
-
-        def token(carry: Any, inputs: Any) -> Any:
-            running_max, normaliser, numerator = carry
-            p_t, k_t, v_t = inputs  # [B, H, L], [B, H, L], [B, H, D]
-            new_max = jnp.maximum(running_max, k_t)
-            decay, weight = jnp.exp(running_max - new_max), jnp.exp(k_t - new_max)
-            normaliser = normaliser * decay + weight
-            numerator = numerator * decay[..., None] + weight[..., None] * v_t[..., None, :]
-            y_t = jnp.einsum("bhl,bhld->bhd", p_t / normaliser, numerator)
-            return (new_max, normaliser, numerator), y_t
-
-        init = (
-            jnp.full(k.shape[1:], -jnp.inf, dtype=x.dtype),
-            jnp.zeros(k.shape[1:], dtype=x.dtype),
-            jnp.zeros((*k.shape[1:], v.shape[-1]), dtype=x.dtype),
-        )
-        _, y = jax.lax.scan(token, init, (p_latent, k, v), unroll=unroll)  # [T, B, H, D]
-        return jnp.moveaxis(y, 0, 1).reshape(batch, n_tokens, d_model) @ wo
-
-    return jax.jit(layer)
-
-
-def peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, Any]]:
-    """The NumPy causal layer against the scan peer on JAX (CPU), after checking they agree to 1e-5."""
-    import jax
-    import jax.numpy as jnp
-
-    setting = PEER_SETTING
-    params = latte_ref.init_params(
-        setting["d_model"], setting["n_latents"], setting["n_heads"], dtype=np.float32, seed=0
-    )
-    x = np.random.default_rng(3).standard_normal((setting["batch"], n_tokens, setting["d_model"]), dtype=np.float32)
-    ours = latte_ref.latte_attention(x, params, causal=True)
-    cpu = jax.devices("cpu")[0]
-    weights = [jax.device_put(jnp.asarray(w), cpu) for w in (params.wq, params.wk, params.wv, params.wo)]
-    x_jax = jax.device_put(jnp.asarray(x), cpu)
-    peer = scan_latte_layer(setting["n_heads"], unroll)
-    theirs = np.asarray(peer(x_jax, *weights))
-    error = float(np.max(np.abs(theirs - ours)) / np.max(np.abs(ours)))
-    row: dict[str, Any] = {"kind": "peer", "backend": "numpy", "T": n_tokens, **setting, "unroll": unroll}
-    row["relative_error"] = error
-    if error > 1e-5:
-        row["error"] = f"the peer disagrees with latte_ref: relative error {error:.2e} > 1e-5; not timed"
-        return [row]
-    numpy_backend, jax_backend = backends.get_backend("numpy"), backends.get_backend("jax")
-    row["numpy_causal_layer_seconds"] = best_time(
-        lambda: latte_ref.latte_attention(x, params, causal=True), numpy_backend, repeats
-    )
-    row["jax_scan_seconds"] = best_time(lambda: peer(x_jax, *weights), jax_backend, repeats)
-    row["seconds"] = row["numpy_causal_layer_seconds"]
-    return [row]
-
-
 # -- the plan -----------------------------------------------------------------------------------
 
 
@@ -479,184 +158,133 @@ def plan(config: Config) -> Iterator[Task]:
             )
 
 
-# -- the targets --------------------------------------------------------------------------------
+# -- the run ------------------------------------------------------------------------------------
 
 
-def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
-    for row in rows:
-        if all(row.get(key) == value for key, value in match.items()) and "seconds" in row:
-            return row
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole run takes well under a minute")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="backends to measure (default: numpy, torch and jax where installed)",
+    )
+    parser.add_argument("--max-tokens", type=int, metavar="T", help="largest T for NumPy (default 1,048,576)")
+    parser.add_argument(
+        "--max-tokens-other",
+        type=int,
+        metavar="T",
+        help="largest T for other backends and for the recurrent scan (default 131,072)",
+    )
+    parser.add_argument("--repeats", type=int, metavar="N", help="timings per point; the minimum is kept")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--output", default="bench-results", metavar="DIR", help="where results.json and the plots go")
+
+
+def configure(args: argparse.Namespace) -> Config:
+    names = args.backends or [name for name in ("numpy", "torch", "jax") if name in backends.available_backends()]
+    config = Config.quick_config(names) if args.quick else Config(backends=names)
+    if args.max_tokens is not None:
+        if args.max_tokens < config.max_tokens:
+            config.shrink_to(args.max_tokens)
+        config.max_tokens = args.max_tokens
+    if args.max_tokens_other is not None:
+        config.max_tokens_other = args.max_tokens_other
+    if args.repeats is not None:
+        config.repeats = args.repeats
+    config.memory = not args.no_memory
+    return config
+
+
+def run(config: Config, output: Path, progress: Callable[[int, int, str, float], None] | None = None) -> dict[str, Any]:
+    """Every task of the plan, writing ``results.json`` after each; the final result, targets included."""
+    tasks = list(plan(config))
+    rows: list[dict[str, Any]] = []
+    output.mkdir(parents=True, exist_ok=True)
+    the_machine = machine()
+    started = time.perf_counter()
+    for i, task in enumerate(tasks):
+        if progress:
+            progress(i, len(tasks), task.label, started)
+        rows.extend(task.run())
+        _write(output, config, the_machine, rows, started)  # after every task: a cut run keeps its rows
+    if progress:
+        progress(len(tasks), len(tasks), "done", started)
+    the_machine["load_average_at_end"] = list(os.getloadavg())
+    result = _write(output, config, the_machine, rows, started)
+    if config.quick:
+        wall = result["wall_seconds"]
+        result["targets"].append(
+            {
+                "target": "bench --quick wall time (s)",
+                "where": "whole run",
+                "bound": 45.0,
+                "sense": "<=",
+                "measured": wall,
+                "met": wall <= 45.0,
+            }
+        )
+        (output / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def busy(the_machine: dict[str, Any]) -> str | None:
+    """A sentence when the 1-minute load average, at the start or the end of the run, says others used the cores."""
+    cores = the_machine.get("logical_cores") or 1
+    loads = [the_machine["load_average_at_start"][0], the_machine["load_average_at_end"][0]]
+    # The benchmark itself keeps up to all cores busy, so only a load beyond them says someone else was there.
+    if max(loads) > 1.25 * cores:
+        return f"the machine was busy (load average {max(loads):.1f} on {cores} cores)"
     return None
 
 
-def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
-    return None if a is None or b is None else a["seconds"] / b["seconds"]
+def _write(
+    output: Path, config: Config, the_machine: dict[str, Any], rows: list[dict[str, Any]], started: float
+) -> dict[str, Any]:
+    result = {
+        "machine": the_machine,
+        "config": vars(config),
+        "rows": rows,
+        "targets": summarise_targets(rows, config),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    (output / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
 
 
-def _meets(value: float, sense: str, bound: float) -> bool:
-    return {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[sense]
+def _progress(done: int, total: int, label: str, started: float) -> None:
+    width = 24
+    filled = int(width * done / max(total, 1))
+    elapsed = time.perf_counter() - started
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:6.1f}s {label[:48]:<48}")
+    sys.stderr.flush()
 
 
-def summarise_targets(rows: list[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
-    """The issue's targets, each as a measured ratio (None where the run did not measure it)."""
-    n = config.target_tokens
-    small, large = config.scaling_tokens
-    form = {"kind": "form", "backend": "numpy"}
-    plain = [r for r in rows if "sweep" not in r]
-    targets = [
-        (
-            "bidirectional / GEMM floor",
-            f"T={n}",
-            3.0,
-            "<=",
-            _ratio(_find(plain, **form, form="bidirectional", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
-        ),
-        (
-            "causal / GEMM floor",
-            f"T={n}",
-            6.0,
-            "<=",
-            _ratio(_find(plain, **form, form="causal", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
-        ),
-    ]
-    for f in ("bidirectional", "causal", "recurrent"):
-        targets.append(
-            (
-                f"{f} time(T={large}) / time(T={small})",
-                "scaling",
-                9.0,
-                "<=",
-                _ratio(_find(plain, **form, form=f, T=large), _find(plain, **form, form=f, T=small)),
-            )
-        )
-    for name in ("numpy", "torch"):
-        targets.append(
-            (
-                f"{name}: standard causal attention / Latte causal",
-                f"T={n}",
-                10.0,
-                ">=",
-                _ratio(
-                    _find(plain, kind="softmax", backend=name, causal=True, T=n),
-                    _find(plain, kind="form", backend=name, form="causal", T=n),
-                ),
-            )
-        )
-    quarter = max(n // 4, 1024)
-    targets.append(
-        (
-            "torch: standard causal attention / Latte causal",
-            f"T={quarter}",
-            1.0,
-            ">",
-            _ratio(
-                _find(plain, kind="softmax", backend="torch", causal=True, T=quarter),
-                _find(plain, kind="form", backend="torch", form="causal", T=quarter),
-            ),
-        )
-    )
-    for name, bound in (("numpy", 2.5), ("torch", 4.0)):
-        targets.append(
-            (
-                f"{name}: causal / bidirectional",
-                f"T={n}",
-                bound,
-                "<=",
-                _ratio(
-                    _find(plain, kind="form", backend=name, form="causal", T=n),
-                    _find(plain, kind="form", backend=name, form="bidirectional", T=n),
-                ),
-            )
-        )
-    peers = [r for r in rows if r.get("kind") == "peer" and "jax_scan_seconds" in r]
-    if peers:
-        peer = max(peers, key=lambda r: r["T"])
-        targets.append(
-            (
-                "authors' scan (JAX, jit) / NumPy causal layer",
-                f"T={peer['T']}, B=2, d_model=L=128, H=4",
-                3.0,
-                ">=",
-                peer["jax_scan_seconds"] / peer["numpy_causal_layer_seconds"],
-            )
-        )
-    contexts = config.step_contexts
-    step = {"kind": "step", "backend": "numpy"}
-    targets.append(
-        (
-            f"step(context={contexts[-1]}) / step(context={contexts[0]})",
-            "flat",
-            1.2,
-            "<=",
-            _ratio(
-                _find(rows, **step, method="latte_step", context=contexts[-1]),
-                _find(rows, **step, method="latte_step", context=contexts[0]),
-            ),
-        )
-    )
-    mid = 65_536 if 65_536 in contexts else contexts[-1]
-    targets.append(
-        (
-            f"KV-cache step / Latte step (context={mid})",
-            "generation",
-            20.0,
-            ">=",
-            _ratio(
-                _find(rows, **step, method="kv_cache_softmax", context=mid),
-                _find(rows, **step, method="latte_step", context=mid),
-            ),
-        )
-    )
-    out = [
-        {
-            "target": name,
-            "where": where,
-            "bound": bound,
-            "sense": sense,
-            "measured": value,
-            "met": None if value is None else _meets(value, sense, bound),
-        }
-        for name, where, bound, sense, value in targets
-    ]
-    biggest = max(
-        (
-            r
-            for r in plain
-            if r.get("form") == "causal" and r.get("backend") == "numpy" and "peak_bytes_excluding_inputs" in r
-        ),
-        key=lambda r: r["T"],
-        default=None,
-    )
-    if biggest is not None:
-        gb = biggest["peak_bytes_excluding_inputs"] / 1e9
-        out.append(
-            {
-                "target": f"causal peak memory excluding inputs (GB), T={biggest['T']}",
-                "where": "memory",
-                "bound": 1.0,
-                "sense": "<=",
-                "measured": gb,
-                "met": gb <= 1.0,
-                "including_inputs_gb": biggest["peak_bytes_including_inputs"] / 1e9,
-            }
-        )
-    chunk_rows = [r for r in rows if r.get("sweep") == "chunk_size"]
-    if chunk_rows:
-        best = min(chunk_rows, key=lambda r: r["seconds"])
-        out.append(
-            {
-                "target": "fastest chunk_size",
-                "where": f"T={n}",
-                "bound": None,
-                "sense": "",
-                "measured": best["chunk_size"],
-                "met": None,
-            }
-        )
-    return out
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    result = run(configure(args), output, progress=_progress)
+    sys.stderr.write("\n")
+    print(f"wrote {output / 'results.json'}")
+    reason = busy(result["machine"])
+    if reason:
+        print(f"warning: {reason}; timings are noisy, compare only the ratios of one run")
+    for t in result["targets"]:
+        value = "not measured" if t["measured"] is None else f"{t['measured']:.3g}"
+        verdict = {True: "met", False: "NOT met", None: ""}[t["met"]]
+        bound = "" if t["bound"] is None else f" (target {t['sense']} {t['bound']})"
+        print(f"  {t['target']} [{t['where']}]: {value}{bound} {verdict}")
+    try:
+        import plots
+    except ImportError:
+        print("matplotlib is not installed (pip install 'latte-ref[plot]'): no plots")
+        return 0
+    for path in plots.plot_all(result, output):
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    from latte_ref.commands import bench
-
-    sys.exit(bench.main(sys.argv[1:]))
+    sys.exit(main(prog=os.environ.get("LATTE_REF_BENCH_PROG")))

@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import array_namespace, is_array_api_obj, is_lazy_array, is_writeable_array
 from array_api_compat import device as array_device
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "mask_keys_and_values",
     "mask_output",
     "namespace_of",
+    "output_buffer",
     "resolve_namespace",
     "safe_divide",
     "same_device",
@@ -234,6 +235,17 @@ def _same_dtype(actual: Any, requested: Any) -> bool:
         return bool(actual == requested)
     except TypeError:
         return str(actual) == str(requested)
+
+
+def output_buffer(xp: Any, like: Array) -> Array | None:
+    """An uninitialised array of ``like``'s shape, dtype and device to fill in blocks; None where arrays are immutable.
+
+    Filling one buffer keeps the peak at one copy of the output; collecting the
+    blocks and concatenating them (JAX, whose arrays are immutable) holds two.
+    """
+    if not is_writeable_array(like) or is_lazy_array(like):
+        return None
+    return xp.empty(like.shape, dtype=like.dtype, device=device_of(like))
 
 
 def causal_weighted_sum(xp: Any, weights: Array, v: Array) -> Array:

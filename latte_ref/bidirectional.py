@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from array_api_compat import is_dask_array
 
 from ._array import (
     Array,
-    check_mask,
-    check_qkv,
-    compute_dtype,
+    _prepare_qkv,
     mask_keys_and_values,
-    namespace_of,
+    output_buffer,
 )
 from ._dispatch import sequence_parallel
-from .state import read_queries, summarise
+from .causal import BLOCK_TOKENS
+from .state import combine, read_queries, summarise
 
 __all__ = ["bidirectional"]
 
@@ -54,19 +55,42 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     >>> latte_ref.bidirectional(q, k, v).shape
     (5, 16, 4, 32)
     """
-    xp = namespace_of(q=q, k=k, v=v, mask=mask)
-    check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2], like=q)
-    out_dtype, dtype = compute_dtype(xp, q, k, v)
-    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask)
     if q.shape[-3] == 0:
         return xp.zeros_like(v, dtype=out_dtype)
     if is_dask_array(q):
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
         return sequence_parallel("dask").bidirectional(q, k, v, mask=mask, out_dtype=out_dtype)
-    if mask is not None:
-        k, v = mask_keys_and_values(xp, mask, k, v)
-
+    # BLOCK_TOKENS at a time, so that every pass over the tokens works on arrays that stay in cache
+    n_tokens = q.shape[-3]
+    blocks = [slice(start, min(start + BLOCK_TOKENS, n_tokens)) for start in range(0, n_tokens, BLOCK_TOKENS)]
+    state = None
+    for block in blocks:  # the state of the whole sequence, one block's summary at a time
+        summary = summarise(xp, *_keys_and_values(xp, k, v, mask, block))
+        state = summary if state is None else combine(state, summary)
+    assert state is not None
     # p(l | t) = softmax_l q, read against the state of the whole sequence
-    y = read_queries(xp, q, mask, summarise(xp, k, v))  # [..., T, H, D]
+    if len(blocks) == 1:
+        y = read_queries(xp, q, mask, state)  # [..., T, H, D]
+    else:
+        y = _read_in_blocks(xp, q, mask, state, blocks, like=v)
     return xp.astype(y, out_dtype, copy=False)
+
+
+def _read_in_blocks(xp: Any, q: Array, mask: Array | None, state: Any, blocks: list[slice], like: Array) -> Array:
+    """:func:`read_queries` a block at a time, into one buffer where arrays are writable."""
+    y = output_buffer(xp, like)
+    pieces = []
+    for block in blocks:
+        y_block = read_queries(xp, q[..., block, :, :], None if mask is None else mask[..., block], state)
+        if y is None:
+            pieces.append(y_block)
+        else:
+            y[..., block, :, :] = y_block
+    return xp.concat(pieces, axis=-3) if y is None else y
+
+
+def _keys_and_values(xp: Any, k: Array, v: Array, mask: Array | None, block: slice) -> tuple[Array, Array]:
+    """The block's keys and values, padding made no key (k = -inf, v = 0)."""
+    k, v = k[..., block, :, :], v[..., block, :, :]
+    return (k, v) if mask is None else mask_keys_and_values(xp, mask[..., block], k, v)

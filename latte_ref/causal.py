@@ -33,22 +33,20 @@ from array_api_compat import is_dask_array, is_lazy_array, is_writeable_array
 
 from ._array import (
     Array,
+    _prepare_qkv,
     causal_weighted_sum,
     check_chunk_size,
     check_flag,
-    check_mask,
-    check_qkv,
-    compute_dtype,
     device_of,
     finite_or_zero,
     mask_keys_and_values,
     mask_output,
-    namespace_of,
+    output_buffer,
     safe_divide,
     softmax,
 )
 from ._dispatch import sequence_parallel
-from .state import LatteState, check_state, init_state
+from .state import LatteState, check_state, empty_state
 
 __all__ = ["BLOCK_TOKENS", "DEFAULT_CHUNK_SIZE", "causal", "causal_chunk", "factoring_bound"]
 
@@ -118,13 +116,9 @@ def causal(
     >>> bool(np.allclose(y, latte_ref.recurrent(q, k, v)))
     True
     """
-    xp = namespace_of(q=q, k=k, v=v, mask=mask)
-    check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2], like=q)
+    xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask)
     check_flag("return_state", return_state)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
-    out_dtype, dtype = compute_dtype(xp, q, k, v)
-    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
     if state is not None:
         state = check_state(xp, state, q, v, dtype)
     if is_dask_array(q):
@@ -133,11 +127,11 @@ def causal(
             q, k, v, mask=mask, chunk_size=chunk_size, state=state, return_state=return_state, out_dtype=out_dtype
         )
     if state is None:
-        state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
+        state = empty_state(xp, q, v, dtype)
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
 
-    y = _output_buffer(xp, v)
+    y = output_buffer(xp, v)
     pieces = []
     for block, size in _blocks(q.shape[-3], chunk_size, traced=is_lazy_array(q)):
         y_block, state = causal_block(
@@ -162,17 +156,6 @@ def _blocks(n_tokens: int, chunk_size: int, *, traced: bool) -> list[tuple[slice
     if whole < n_tokens:  # the last, shorter chunk is a block of its own
         blocks.append((slice(whole, n_tokens), n_tokens - whole))
     return blocks
-
-
-def _output_buffer(xp: Any, v: Array) -> Array | None:
-    """An uninitialised (..., T, H, D) output to fill block by block, or None where arrays are immutable.
-
-    Filling one buffer keeps the peak at one copy of the output; collecting the
-    blocks and concatenating them (JAX, whose arrays are immutable) holds two.
-    """
-    if not is_writeable_array(v) or is_lazy_array(v):
-        return None
-    return xp.empty(v.shape, dtype=v.dtype, device=device_of(v))
 
 
 def factoring_bound(xp: Any, dtype: Any) -> float:

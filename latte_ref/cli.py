@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "PASS_THROUGH", "main"]
 
 COMMANDS: dict[str, str] = {
     "bench": "latte_ref.commands.bench",
@@ -21,7 +21,14 @@ COMMANDS: dict[str, str] = {
 """Subcommand name -> module."""
 
 
+PASS_THROUGH = {"bench"}
+"""Subcommands whose options belong to a script they run: they get the rest of the line as it is."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]))
     parser = argparse.ArgumentParser(prog="latte-ref", description="Latte reference implementation: checks and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():

@@ -6,19 +6,15 @@ from typing import Any
 
 from ._array import (
     Array,
+    _prepare_qkv,
     check_flag,
-    check_mask,
-    check_qkv,
-    compute_dtype,
-    device_of,
     finite_or_zero,
     mask_keys_and_values,
     mask_output,
-    namespace_of,
     safe_divide,
     softmax,
 )
-from .state import LatteState, check_state, init_state
+from .state import LatteState, check_state, empty_state
 
 __all__ = ["recurrent", "step"]
 
@@ -63,15 +59,9 @@ def step(
     >>> y.shape, state.numerator.shape
     ((2, 4), (2, 4, 4))
     """
-    xp = namespace_of(q_t=q_t, k_t=k_t, v_t=v_t, mask_t=mask_t)
-    check_qkv(q_t, k_t, v_t, time_axis=False)
-    check_mask(xp, mask_t, q_t.shape[:-2], name="mask_t", like=q_t)
-    out_dtype, dtype = compute_dtype(xp, q_t, k_t, v_t)
-    q_t, k_t, v_t = (xp.astype(a, dtype) for a in (q_t, k_t, v_t))
+    xp, q_t, k_t, v_t, out_dtype, dtype = _prepare_qkv(q_t, k_t, v_t, mask_t, time_axis=False, mask_name="mask_t")
     if state is None:
-        state = init_state(
-            q_t.shape[:-2], q_t.shape[-2], q_t.shape[-1], v_t.shape[-1], xp=xp, dtype=dtype, device=device_of(q_t)
-        )
+        state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
     else:
         state = check_state(xp, state, q_t, v_t, dtype, time_axis=False)
     if mask_t is not None:
@@ -135,14 +125,10 @@ def recurrent(
     >>> latte_ref.recurrent(q, k, v).shape
     (7, 2, 4)
     """
-    xp = namespace_of(q=q, k=k, v=v, mask=mask)
-    check_qkv(q, k, v)
-    check_mask(xp, mask, q.shape[:-2], like=q)
+    xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask)
     check_flag("return_state", return_state)
-    out_dtype, dtype = compute_dtype(xp, q, k, v)
-    q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
     if state is None:
-        state = init_state(q.shape[:-3], q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
+        state = empty_state(xp, q, v, dtype)
     else:
         state = check_state(xp, state, q, v, dtype)
     if mask is not None:

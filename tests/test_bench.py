@@ -1,6 +1,8 @@
 """Smoke test of ``latte-ref bench``: the suite runs end to end at tiny sizes and writes what it promises.
 
-No timing is asserted here; speed is judged only from the ratios a full run records.
+No timing is asserted here; speed is judged only from the ratios a full run records. The
+command runs ``benchmarks/suite.py`` as a script in a new process, so its output is read
+from the file descriptors (``capfd``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from latte_ref import cli
 
 
-def test_bench_writes_results_targets_and_plots(tmp_path, capsys):
+def test_bench_writes_results_targets_and_plots(tmp_path, capfd):
     status = cli.main(
         [
             "bench",
@@ -40,7 +42,14 @@ def test_bench_writes_results_targets_and_plots(tmp_path, capsys):
     assert memory and all(row["peak_bytes_including_inputs"] > row["peak_bytes_excluding_inputs"] for row in memory)
     measured = {t["target"]: t["measured"] for t in result["targets"]}
     assert measured["causal / GEMM floor"] is not None
-    assert "causal / GEMM floor" in capsys.readouterr().out
+    assert "causal / GEMM floor" in capfd.readouterr().out
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "time_numpy.png").stat().st_size > 0
         assert (tmp_path / "step.png").stat().st_size > 0
+
+
+def test_bench_passes_its_options_to_the_script(capfd):
+    assert cli.main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "usage: latte-ref bench" in out and "--quick" in out
+    assert cli.main(["bench", "--no-such-option"]) == 2

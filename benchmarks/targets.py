@@ -1,0 +1,181 @@
+"""The targets of the benchmark suite, each a ratio of two rows measured in one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["summarise_targets"]
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(key) == value for key, value in match.items()) and "seconds" in row:
+            return row
+    return None
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+    return None if a is None or b is None else a["seconds"] / b["seconds"]
+
+
+def _meets(value: float, sense: str, bound: float) -> bool:
+    return {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[sense]
+
+
+def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
+    """The issue's targets, each as a measured ratio (None where the run did not measure it)."""
+    n = config.target_tokens
+    small, large = config.scaling_tokens
+    form = {"kind": "form", "backend": "numpy"}
+    plain = [r for r in rows if "sweep" not in r]
+    targets = [
+        (
+            "bidirectional / GEMM floor",
+            f"T={n}",
+            3.0,
+            "<=",
+            _ratio(_find(plain, **form, form="bidirectional", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
+        ),
+        (
+            "causal / GEMM floor",
+            f"T={n}",
+            6.0,
+            "<=",
+            _ratio(_find(plain, **form, form="causal", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
+        ),
+    ]
+    for f in ("bidirectional", "causal", "recurrent"):
+        targets.append(
+            (
+                f"{f} time(T={large}) / time(T={small})",
+                "scaling",
+                9.0,
+                "<=",
+                _ratio(_find(plain, **form, form=f, T=large), _find(plain, **form, form=f, T=small)),
+            )
+        )
+    for name in ("numpy", "torch"):
+        targets.append(
+            (
+                f"{name}: standard causal attention / Latte causal",
+                f"T={n}",
+                10.0,
+                ">=",
+                _ratio(
+                    _find(plain, kind="softmax", backend=name, causal=True, T=n),
+                    _find(plain, kind="form", backend=name, form="causal", T=n),
+                ),
+            )
+        )
+    quarter = max(n // 4, 1024)
+    targets.append(
+        (
+            "torch: standard causal attention / Latte causal",
+            f"T={quarter}",
+            1.0,
+            ">",
+            _ratio(
+                _find(plain, kind="softmax", backend="torch", causal=True, T=quarter),
+                _find(plain, kind="form", backend="torch", form="causal", T=quarter),
+            ),
+        )
+    )
+    for name, bound in (("numpy", 2.5), ("torch", 4.0)):
+        targets.append(
+            (
+                f"{name}: causal / bidirectional",
+                f"T={n}",
+                bound,
+                "<=",
+                _ratio(
+                    _find(plain, kind="form", backend=name, form="causal", T=n),
+                    _find(plain, kind="form", backend=name, form="bidirectional", T=n),
+                ),
+            )
+        )
+    peers = [r for r in rows if r.get("kind") == "peer" and "jax_scan_seconds" in r]
+    if peers:
+        peer = max(peers, key=lambda r: r["T"])
+        targets.append(
+            (
+                "authors' scan (JAX, jit) / NumPy causal layer",
+                f"T={peer['T']}, B=2, d_model=L=128, H=4",
+                3.0,
+                ">=",
+                peer["jax_scan_seconds"] / peer["numpy_causal_layer_seconds"],
+            )
+        )
+    contexts = config.step_contexts
+    step = {"kind": "step", "backend": "numpy"}
+    targets.append(
+        (
+            f"step(context={contexts[-1]}) / step(context={contexts[0]})",
+            "flat",
+            1.2,
+            "<=",
+            _ratio(
+                _find(rows, **step, method="latte_step", context=contexts[-1]),
+                _find(rows, **step, method="latte_step", context=contexts[0]),
+            ),
+        )
+    )
+    mid = 65_536 if 65_536 in contexts else contexts[-1]
+    targets.append(
+        (
+            f"KV-cache step / Latte step (context={mid})",
+            "generation",
+            20.0,
+            ">=",
+            _ratio(
+                _find(rows, **step, method="kv_cache_softmax", context=mid),
+                _find(rows, **step, method="latte_step", context=mid),
+            ),
+        )
+    )
+    out = [
+        {
+            "target": name,
+            "where": where,
+            "bound": bound,
+            "sense": sense,
+            "measured": value,
+            "met": None if value is None else _meets(value, sense, bound),
+        }
+        for name, where, bound, sense, value in targets
+    ]
+    biggest = max(
+        (
+            r
+            for r in plain
+            if r.get("form") == "causal" and r.get("backend") == "numpy" and "peak_bytes_excluding_inputs" in r
+        ),
+        key=lambda r: r["T"],
+        default=None,
+    )
+    if biggest is not None:
+        gb = biggest["peak_bytes_excluding_inputs"] / 1e9
+        out.append(
+            {
+                "target": f"causal peak memory excluding inputs (GB), T={biggest['T']}",
+                "where": "memory",
+                "bound": 1.0,
+                "sense": "<=",
+                "measured": gb,
+                "met": gb <= 1.0,
+                "including_inputs_gb": biggest["peak_bytes_including_inputs"] / 1e9,
+            }
+        )
+    chunk_rows = [r for r in rows if r.get("sweep") == "chunk_size"]
+    if chunk_rows:
+        best = min(chunk_rows, key=lambda r: r["seconds"])
+        out.append(
+            {
+                "target": "fastest chunk_size",
+                "where": f"T={n}",
+                "bound": None,
+                "sense": "",
+                "measured": best["chunk_size"],
+                "met": None,
+            }
+        )
+    return out
