@@ -13,10 +13,12 @@ from ._array import (
     output_buffer,
 )
 from ._dispatch import sequence_parallel
-from .causal import BLOCK_TOKENS
 from .state import combine, read_queries, summarise
 
-__all__ = ["bidirectional"]
+__all__ = ["BLOCK_TOKENS", "bidirectional"]
+
+BLOCK_TOKENS = 16_384
+"""Tokens summarised, and read, at a time: memory beyond the output stays that of one block."""
 
 
 def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) -> Array:
