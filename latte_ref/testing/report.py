@@ -49,7 +49,9 @@ class CaseResult:
 
     @property
     def ratio(self) -> float:
-        """The worse metric over its bound (``inf`` when the candidate raised or gave a wrong shape)."""
+        """The worse metric over its bound (``inf`` when the case failed for another reason: a crash, a dtype)."""
+        if self.note and not self.passed:
+            return float("inf")
         return self.tolerance.ratio(self.rel_rms, self.max_abs)
 
 

@@ -328,4 +328,5 @@ def _spec_of(candidate: Callable[..., Any]) -> str:
     name = getattr(candidate, "__qualname__", None)
     if module and name and "<" not in name and module != "__main__":
         return f"{module}:{name}"
-    return f"MODULE:{name if name and '<' not in name else 'FUNCTION'}"
+    short = getattr(candidate, "__name__", None)  # a local function keeps its name: artefacts stay apart
+    return f"MODULE:{short if short and '<' not in short else 'FUNCTION'}"
