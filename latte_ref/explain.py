@@ -274,8 +274,7 @@ def plot_example(ex: WorkedExample, path: str = DEFAULT_PLOT) -> None:
     labels = [f"{i}:{w}" for i, w in enumerate(ex.tokens)]
     fig, axes = plt.subplots(2, 2, figsize=(9.0, 8.2), constrained_layout=True)
     # Masked future keys are drawn in grey, outside the colour scale: a probability of 0 is dark purple.
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad(MASKED_COLOUR)
+    cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_COLOUR)
     image = None
     for ax, (matrix, title) in zip(axes.flat, panels, strict=True):
         image = ax.imshow(heatmap_cells(matrix, causal="causal" in title), vmin=0.0, vmax=1.0, cmap=cmap)
