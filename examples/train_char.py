@@ -219,7 +219,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--load", type=Path, default=None, metavar="PATH", help="skip training: generate from weights saved by --out"
     )
-    parser.add_argument("--prompt", default="MENENIUS:\n", help="text the generation starts from (default: %(default)r)")
+    parser.add_argument(
+        "--prompt", default="MENENIUS:\n", help="text the generation starts from (default: %(default)r)"
+    )
     parser.add_argument("--generate", type=int, default=300, help="characters to generate after training")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
     return parser.parse_args(argv)
