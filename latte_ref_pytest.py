@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-__all__ = ["LatteCaseItem", "LatteSuite", "pytest_addoption", "pytest_collection_modifyitems"]
+__all__ = [
+    "LatteCaseItem",
+    "LatteSuite",
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+]
 
 _FORMS = ("bidirectional", "causal", "step")
 
@@ -35,6 +41,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--latte-with-state", action="store_true", help="it takes state=/return_state= (adds cut-point cases)"
     )
     group.addoption("--latte-seed", type=int, default=0, help="suite seed (default: 0)")
+    group.addoption(
+        "--latte-logit-scale",
+        default=None,
+        metavar="S",
+        help="it computes Latte(S*q, S*k): a number, or inv_sqrt_l for 1/sqrt(L) (default: 1)",
+    )
+    group.addoption(
+        "--latte-batch-axes",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="feed every case with exactly this many batch axes (default: each case's own)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``--latte-impl``: resolve the candidate and check the options once, before collecting.
+
+    A name that does not resolve or an option that cannot run is one :class:`pytest.UsageError`
+    (a line or two, no traceback), not a failure of every case.
+    """
+    if config.getoption("latte_impl") is None:
+        return
+    from latte_ref.testing import UsageError, load_candidate
+    from latte_ref.testing.options import check_arguments
+
+    options = _options(config)
+    try:
+        load_candidate(options["impl"])
+        check_arguments(
+            options["form"],
+            options["layout"],
+            options["backend"],
+            options["dtype"],
+            options["logit_scale"],
+            options["batch_axes"],
+            None,
+        )
+    except UsageError as exc:
+        raise pytest.UsageError(f"--latte-impl {options['impl']}: {exc}") from None
 
 
 class LatteCaseFailure(Exception):
@@ -92,4 +138,6 @@ def _options(config: pytest.Config) -> dict[str, Any]:
         "with_mask": config.getoption("latte_with_mask"),
         "with_state": config.getoption("latte_with_state"),
         "seed": config.getoption("latte_seed"),
+        "logit_scale": config.getoption("latte_logit_scale"),
+        "batch_axes": config.getoption("latte_batch_axes"),
     }

@@ -7,10 +7,11 @@ autograd differentiates it as it stands (the weights are ``torch`` tensors with
     python examples/train_char.py                       # PyTorch, about three minutes on a CPU
     python examples/train_char.py --seconds 20          # a shorter run
     python examples/train_char.py --backend jax --steps 5
+    python examples/train_char.py --load results/latte_char.npz --prompt "CORIOLANUS:"
 
 It prints the loss as it falls, saves the weights (``--out``, a NumPy ``.npz`` with the
 configuration and vocabulary), and generates text from the trained model with
-constant-time decoding.
+constant-time decoding; ``--load`` generates from saved weights without training.
 """
 
 from __future__ import annotations
@@ -195,29 +196,52 @@ def sample(model: lm.LatteModel, vocab: list[str], prompt: str, n: int, *, tempe
     return prompt + "".join(vocab[int(i)] for i in np.asarray(out)[0])
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["torch", "jax"], default="torch")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--backend", choices=["torch", "jax"], default="torch", help="framework that trains")
     parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: use --seconds)")
     parser.add_argument("--seconds", type=float, default=180.0, help="stop after this long (0: use --steps)")
     parser.add_argument("--expected-steps", type=int, default=600, help="length of the schedule when --steps is 0")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="windows per step")
     parser.add_argument("--length", type=int, default=64, help="characters per training window")
-    parser.add_argument("--d-model", type=int, default=64)
-    parser.add_argument("--n-layers", type=int, default=2)
-    parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=64, help="model width")
+    parser.add_argument("--n-layers", type=int, default=2, help="Latte blocks")
+    parser.add_argument("--n-heads", type=int, default=4, help="heads per block")
     parser.add_argument("--n-latents", type=int, default=32, help="latents over all heads")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
+    parser.add_argument("--log-every", type=int, default=20, help="print the loss every this many steps")
     parser.add_argument("--out", type=Path, default=Path("results/latte_char.npz"), help="where to save the weights")
+    parser.add_argument(
+        "--load", type=Path, default=None, metavar="PATH", help="skip training: generate from weights saved by --out"
+    )
+    parser.add_argument(
+        "--prompt", default="MENENIUS:\n", help="text the generation starts from (default: %(default)r)"
+    )
     parser.add_argument("--generate", type=int, default=300, help="characters to generate after training")
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
     return parser.parse_args(argv)
+
+
+def generate_from(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``--load``: the saved model generates ``--generate`` characters after ``--prompt``, without training."""
+    model, vocab = load(path)
+    unknown = sorted(set(args.prompt) - set(vocab))
+    if unknown:
+        print(f"note: the prompt's characters {unknown} are not in the vocabulary and are left out")
+    text = sample(model, vocab, args.prompt, args.generate, temperature=args.temperature, seed=args.seed)
+    print("-" * 60 + "\n" + text + "\n" + "-" * 60)
+    return {"text": text}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
+    if args.load is not None:
+        return generate_from(args.load, args)
     ids, vocab = load_text()
     split = int(0.9 * len(ids))
     print(f"{len(ids)} characters, vocabulary {len(vocab)}, backend {args.backend}")
@@ -244,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         assert float(lm.next_token_loss(reloaded, held_out)) == result["held_out_trained"]
         print(f"weights saved to {args.out}")
     if args.generate:
-        result["text"] = sample(numpy_model, vocab, "MENENIUS:\n", args.generate, temperature=args.temperature, seed=0)
+        result["text"] = sample(numpy_model, vocab, args.prompt, args.generate, temperature=args.temperature, seed=0)
         print("-" * 60 + "\n" + result["text"] + "\n" + "-" * 60)
     return result
 

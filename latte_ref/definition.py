@@ -18,6 +18,10 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
 
     Costs O(T²·L) time and memory: it is for inspection and testing, not for long sequences.
 
+    The result is head-first, (..., H, T, T), unlike the inputs and every form's output,
+    (..., T, H, ·): one T x T matrix per head. ``y = a @ v`` needs v head-first too,
+    ``moveaxis(v, -3, -2)``, and the product moved back, ``moveaxis(a @ v_h, -2, -3)``.
+
     Parameters
     ----------
     q, k : array, shape (..., T, H, L)
@@ -38,6 +42,10 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
     >>> a = latte_ref.attention_matrix(q, k, causal=True)
     >>> a.shape, bool(np.allclose(a.sum(-1), 1)), bool(np.all(np.triu(a[0], 1) == 0))
     ((1, 4, 4), True, True)
+    >>> v = np.random.default_rng(1).normal(size=(4, 1, 2))  # (T, H, D)
+    >>> y = np.moveaxis(a @ np.moveaxis(v, -3, -2), -2, -3)  # back to (T, H, D)
+    >>> bool(np.allclose(y, latte_ref.causal(q, k, v)))
+    True
     """
     xp, q, k, _, out_dtype, _ = _prepare_qkv(q, k, k, mask, names=("q", "k", "k"))
     check_flag("causal", causal)

@@ -30,9 +30,12 @@ from .causal import causal as causal_form
 from .definition import attention_matrix
 
 __all__ = [
+    "DEFAULT_PLOT",
+    "MASKED_COLOUR",
     "TOKENS",
     "WorkedExample",
     "format_example",
+    "heatmap_cells",
     "p_key_given_latent",
     "p_latent_given_query",
     "plot_example",
@@ -235,7 +238,27 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_example(ex: WorkedExample, path: str) -> None:
+MASKED_COLOUR = "lightgrey"
+"""The colour of the masked future cells of a causal heatmap, outside the probability colour scale."""
+
+DEFAULT_PLOT = "latte-explain.png"
+"""Where ``latte-ref explain --plot`` writes when no path is given."""
+
+
+def heatmap_cells(matrix: np.ndarray, *, causal: bool) -> np.ndarray:
+    """The cells of a heatmap: for a causal matrix, the future keys (s > t) masked rather than 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> heatmap_cells(np.full((2, 2), 0.5), causal=True).mask.tolist()
+    [[False, True], [False, False]]
+    """
+    future = np.triu(np.ones(matrix.shape, dtype=bool), k=1)
+    return np.ma.masked_array(matrix, mask=future if causal else np.zeros_like(future))
+
+
+def plot_example(ex: WorkedExample, path: str = DEFAULT_PLOT) -> None:
     """Heatmaps of p(s | t): Latte and standard softmax attention, bidirectional and causal, written to ``path``.
 
     Needs matplotlib (the ``plot`` extra); it is imported here and nowhere else.
@@ -250,9 +273,11 @@ def plot_example(ex: WorkedExample, path: str) -> None:
     ]
     labels = [f"{i}:{w}" for i, w in enumerate(ex.tokens)]
     fig, axes = plt.subplots(2, 2, figsize=(9.0, 8.2), constrained_layout=True)
+    # Masked future keys are drawn in grey, outside the colour scale: a probability of 0 is dark purple.
+    cmap = plt.get_cmap("viridis").with_extremes(bad=MASKED_COLOUR)
     image = None
     for ax, (matrix, title) in zip(axes.flat, panels, strict=True):
-        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        image = ax.imshow(heatmap_cells(matrix, causal="causal" in title), vmin=0.0, vmax=1.0, cmap=cmap)
         ax.set_title(title)
         ax.set_xticks(range(len(labels)), labels, rotation=45)
         ax.set_yticks(range(len(labels)), labels)
@@ -273,6 +298,9 @@ def plot_example(ex: WorkedExample, path: str) -> None:
     fig.colorbar(image, ax=axes, shrink=0.6, label="p(s | t)")
     n_latents = ex.q.shape[1]
     latents = f"L={n_latents} latent" + ("" if n_latents == 1 else "s")
-    fig.suptitle(f"p(s | t) on the same {len(labels)} tokens: Latte with {latents} vs softmax attention")
+    fig.suptitle(
+        f"p(s | t) on the same {len(labels)} tokens: Latte with {latents} vs softmax attention\n"
+        "grey: masked future keys (s > t), not a probability of 0"
+    )
     fig.savefig(path, dpi=80)
     plt.close(fig)

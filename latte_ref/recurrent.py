@@ -33,10 +33,16 @@ def step(
 
     The cost does not depend on t: the whole history lives in the (H, L, D) state.
 
+    ``step`` has no time axis: every axis before (H, L) is a batch axis. Given a whole
+    sequence (B, T, H, L) and ``state=None`` it therefore computes B x T one-token
+    sequences, each reading only itself, which no shape check can tell from a batch of
+    shape (B, T). For a sequence, use :func:`recurrent` (token by token, carrying the
+    state along T) or :func:`latte_ref.causal`; ``step`` is for one token at a time.
+
     Parameters
     ----------
     q_t, k_t : array, shape (..., H, L)
-        Latent logits of token t.
+        Latent logits of token t (no T axis).
     v_t : array, shape (..., H, D)
         Value of token t.
     state : LatteState or None
@@ -76,9 +82,13 @@ def step(
 def _step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tuple[Array, LatteState]:
     """The update and read-out of :func:`step` on checked arrays of the computation dtype (k_t = -inf for padding)."""
     running_max = xp.maximum(state.running_max, k_t)  # [..., H, L]
-    shift = finite_or_zero(xp, running_max)
-    decay = xp.exp(state.running_max - shift)  # [..., H, L], <= 1
-    weight = xp.exp(k_t - shift)  # [..., H, L]
+    # A +inf key makes exp(k - max) inf - inf = nan from then on, as documented; that nan is set here
+    # directly, from finite operands, so that NumPy has no inf - inf to warn about.
+    poisoned = running_max == xp.inf
+    zero, nan = xp.zeros_like(running_max), xp.full_like(running_max, xp.nan)
+    shift = finite_or_zero(xp, xp.where(poisoned, zero, running_max))
+    decay = xp.where(poisoned, nan, xp.exp(xp.where(poisoned, zero, state.running_max) - shift))  # <= 1
+    weight = xp.where(poisoned, nan, xp.exp(xp.where(poisoned, zero, k_t) - shift))  # [..., H, L]
     state = LatteState(
         running_max=running_max,
         normaliser=state.normaliser * decay + weight,

@@ -10,7 +10,14 @@ import pytest
 
 import latte_ref
 from latte_ref.cli import main
-from latte_ref.explain import format_example, plot_example, softmax_attention, worked_example
+from latte_ref.explain import (
+    DEFAULT_PLOT,
+    format_example,
+    heatmap_cells,
+    plot_example,
+    softmax_attention,
+    worked_example,
+)
 
 
 @pytest.mark.parametrize("n_latents", [1, 3])
@@ -74,3 +81,18 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: py
 
 def test_format_is_deterministic() -> None:
     assert format_example(worked_example(seed=3)) == format_example(worked_example(seed=3))
+
+
+def test_plot_has_a_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "--plot"]) == 0
+    assert (tmp_path / DEFAULT_PLOT).stat().st_size > 1000
+
+
+def test_masked_future_cells_are_not_drawn_as_probability_zero() -> None:
+    ex = worked_example()
+    cells = heatmap_cells(ex.attention_causal, causal=True)
+    t = ex.attention_causal.shape[0]
+    assert cells.mask.tolist() == np.triu(np.ones((t, t), dtype=bool), k=1).tolist()
+    assert not np.ma.getmaskarray(heatmap_cells(ex.attention_bidirectional, causal=False)).any()

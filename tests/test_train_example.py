@@ -36,6 +36,16 @@ def test_torch_training_lowers_the_loss_and_saves_weights(tmp_path):
     model, vocab = example.load(out)
     assert isinstance(model, lm.LatteModel) and len(result["text"]) == len("MENENIUS:\n") + 30
     assert set(result["text"]) <= set(vocab)
+    again = example.main(["--load", str(out), "--prompt", "CORIOLANUS:", "--generate", "12", "--temperature", "0"])
+    assert again["text"].startswith("CORIOLANUS:") and len(again["text"]) == len("CORIOLANUS:") + 12
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        _example().parse(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("(default: 180.0)", "(default: torch)", "(default: 0.8)", "--load PATH", "--prompt"):
+        assert text in out, text
 
 
 def test_jax_grad_steps_lower_the_loss():

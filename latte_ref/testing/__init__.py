@@ -18,6 +18,7 @@ This subpackage is part of the core: it sees arrays only through
 
 from __future__ import annotations
 
+from .candidate import CandidateError, UsageError
 from .cases import FORMS, ValidationCase, case_names, generate_cases, make_case
 from .inputs import random_qkv
 from .matrix import Case, matrix
@@ -31,10 +32,12 @@ __all__ = [
     "FORMS",
     "LOW_PRECISION_FACTOR",
     "TOLERANCES",
+    "CandidateError",
     "Case",
     "CaseResult",
     "Report",
     "Tolerance",
+    "UsageError",
     "ValidationCase",
     "ValidationError",
     "assert_matches_reference",

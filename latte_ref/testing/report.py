@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,7 +13,15 @@ import numpy as np
 
 from .tolerance import Tolerance
 
-__all__ = ["CaseResult", "Report", "ValidationError", "reproduce_command", "save_worst"]
+__all__ = [
+    "CaseResult",
+    "Report",
+    "ValidationError",
+    "first_mismatch",
+    "reproduce_command",
+    "save_worst",
+    "shape_label",
+]
 
 
 class ValidationError(AssertionError):
@@ -34,10 +43,15 @@ class CaseResult:
     tolerance: Tolerance
     passed: bool
     note: str = ""
+    description: str = ""
+    first_mismatch: dict[str, Any] | None = None
+    traceback: str = ""
 
     @property
     def ratio(self) -> float:
-        """The worse metric over its bound (``inf`` when the candidate raised or gave a wrong shape)."""
+        """The worse metric over its bound (``inf`` when the case failed for another reason: a crash, a dtype)."""
+        if self.note and not self.passed:
+            return float("inf")
         return self.tolerance.ratio(self.rel_rms, self.max_abs)
 
 
@@ -60,28 +74,45 @@ class Report:
         return max(self.results, key=lambda r: r.ratio, default=None)
 
     def table(self) -> str:
-        header = f"{'case':<24} {'shape':<16} {'max abs':>9} {'rel rms':>9}  {'tolerance':<26} result"
+        """One row per case (what it probes at the end); under a failing one, why and where it first goes wrong."""
+        header = f"{'case':<20} {'shape':<24} {'max abs':>9} {'rel rms':>9}  {'tolerance':<26} {'result':<6}  probes"
         lines = [header, "-" * len(header)]
         for r in self.results:
             verdict = "PASS" if r.passed else "FAIL"
-            note = f"  ({r.note})" if r.note else ""
             lines.append(
-                f"{r.name:<24} {r.shape:<16} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26} {verdict}{note}"
+                f"{r.name:<20} {r.shape:<24} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26} {verdict:<6}"
+                f"  {r.description}"
             )
+            if r.note:
+                lines.append(f"    {r.note}")
+            if r.first_mismatch is not None:
+                lines.append(f"    first mismatch: {format_mismatch(r.first_mismatch)}")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
+    def header(self) -> str:
+        """The settings in one or two lines: what ran, and against which reference."""
         s = self.settings
         title = f"latte-ref validate: {s['candidate']} as form={s['form']} on {s['backend']}/{s['device']}/{s['dtype']}"
+        scale = s.get("logit_scale")
+        reference = "reference: Latte(q, k, v)" if scale is None else f"reference: Latte(s*q, s*k, v), s = {scale}"
+        axes = s.get("batch_axes")
+        fed = "as each case has them (0, 1 or 2)" if axes is None else f"exactly {axes}"
+        return f"{title}\n{reference}; batch axes: {fed}"
+
+    def tracebacks(self) -> str:
+        """The full traceback of every case whose candidate raised (``--traceback``)."""
+        return "\n".join(f"--- {r.name} ---\n{r.traceback.rstrip()}" for r in self.results if r.traceback)
+
+    def __str__(self) -> str:
         failed = sum(not r.passed for r in self.results)
-        lines = [title, self.table(), f"{len(self.results) - failed} passed, {failed} failed"]
+        lines = [self.header(), self.table(), f"{len(self.results) - failed} passed, {failed} failed"]
         worst = self.worst
-        if worst is not None:
+        if worst is not None and not self.passed:
             lines.append(f"worst case: {worst.name} ({worst.ratio:.3g} x its tolerance)")
-        if self.worst_npz:
-            lines.append(f"its inputs: {self.worst_npz}")
-        if self.reproduce:
-            lines.append(f"reproduce: {self.reproduce}")
+            if self.worst_npz:
+                lines.append(f"its inputs: {self.worst_npz}")
+            if self.reproduce:
+                lines.append(f"reproduce: {self.reproduce}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -109,7 +140,9 @@ def save_worst(worst: CaseResult, arrays: dict[str, np.ndarray], settings: dict[
     """Write the worst case's arrays and the settings to an ``.npz`` in ``save_dir`` (or the temporary directory)."""
     directory = tempfile.gettempdir() if save_dir is None else os.fspath(save_dir)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"latte-validate-{settings['form']}-{worst.name}-seed{settings['seed']}.npz")
+    candidate = re.sub(r"[^A-Za-z0-9_.]+", "_", settings["candidate"]).strip("_")
+    name = f"latte-validate-{candidate}-{settings['form']}-{settings['dtype']}-{worst.name}-seed{settings['seed']}.npz"
+    path = os.path.join(directory, name)
     contents: dict[str, Any] = {**arrays, "case": np.array(worst.name), "settings": np.array(json.dumps(settings))}
     np.savez(path, **contents)
     return path
@@ -133,9 +166,62 @@ def reproduce_command(settings: dict[str, Any], case_name: str) -> str:
     ]
     if settings["device"] not in ("cpu", "None"):
         parts += ["--device", settings["device"]]
+    if settings.get("logit_scale") is not None:
+        parts += ["--logit-scale", str(settings["logit_scale"])]
+    if settings.get("batch_axes") is not None:
+        parts += ["--batch-axes", str(settings["batch_axes"])]
     if settings["layout"] != "BTHD":
         parts += ["--layout", settings["layout"]]
     parts += [
         flag for flag, on in (("--with-mask", settings["with_mask"]), ("--with-state", settings["with_state"])) if on
     ]
     return " ".join(parts)
+
+
+def shape_label(q_shape: tuple[int, ...], d: int) -> str:
+    """The case's shape by axis, e.g. ``"B=2 T=29 H=2 L=4 D=8"`` (``B=2x3`` for two batch axes, none for none)."""
+    *batch, t, h, n_latents = q_shape
+    parts = [f"B={'x'.join(str(b) for b in batch)}"] if batch else []
+    return " ".join([*parts, f"T={t}", f"H={h}", f"L={n_latents}", f"D={d}"])
+
+
+def first_mismatch(actual: np.ndarray, expected: np.ndarray, bound: float) -> dict[str, Any] | None:
+    """The earliest token whose error exceeds ``bound`` (or is not finite), in (..., T, H, D) arrays.
+
+    Earliest in t first, then batch, head and value index, so that a causal bug shows where it starts.
+    When no single element exceeds the bound (the case failed on the relative RMS), the largest error.
+    """
+    if actual.shape != expected.shape or actual.size == 0:
+        return None
+    error = np.abs(actual - expected)
+    bad = ~(error <= bound)  # NaN counts as bad
+    if not bad.any():
+        if not np.any(error > 0):
+            return None
+        index = np.unravel_index(int(np.argmax(error)), error.shape)
+        kind = "largest error (no single element exceeds the max-abs bound)"
+    else:
+        by_t = np.moveaxis(bad, -3, 0)  # [T, ..., H, D]
+        first = np.argwhere(by_t)[0]
+        index = (*first[1:-2], first[0], *first[-2:])
+        kind = "first error over the max-abs bound"
+    *batch, t, head, d = (int(i) for i in index)
+    return {
+        "batch": batch,
+        "t": t,
+        "head": head,
+        "d": d,
+        "expected": float(expected[tuple(index)]),
+        "actual": float(actual[tuple(index)]),
+        "kind": kind,
+    }
+
+
+def format_mismatch(m: dict[str, Any]) -> str:
+    """A first mismatch in one line: where, the two values, and what kind."""
+    index = m["batch"][0] if len(m["batch"]) == 1 else tuple(m["batch"])
+    batch = f"batch {index}, " if m["batch"] else ""
+    return (
+        f"{batch}t {m['t']}, head {m['head']}, d {m['d']}: expected {m['expected']:.7g}, "
+        f"actual {m['actual']:.7g} ({m['kind']})"
+    )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
-import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,16 @@ from .. import backends
 from ..bidirectional import bidirectional
 from ..causal import causal
 from ..definition import definition
-from .cases import FORMS, ValidationCase, generate_cases
-from .report import CaseResult, Report, ValidationError, reproduce_command, save_worst
+from .candidate import UsageError, backend_name_of, describe_exception, load_candidate, other_backend_hint
+from .cases import ValidationCase, generate_cases
+from .options import check_arguments, fed_q_shape, jax_x64_for, resolve_logit_scale, with_batch_axes
+from .report import CaseResult, Report, ValidationError, first_mismatch, reproduce_command, save_worst, shape_label
 from .tolerance import FIXED_TOLERANCES, errors, fixed_tolerance, relative_to_baseline
 
 __all__ = [
     "CaseResult",
     "Report",
+    "UsageError",
     "ValidationError",
     "assert_matches_reference",
     "load_candidate",
@@ -31,32 +33,6 @@ __all__ = [
 
 DEFINITION_MAX_T = 256
 """Up to this length the reference is the O(T²) definition; beyond, the float64 fast forms (tested against it)."""
-
-LAYOUTS = ("BTHD", "BHTD")
-
-
-def load_candidate(spec: str) -> Callable[..., Any]:
-    """The callable named by ``"package.module:function"`` (``function`` may be dotted: ``Class.method``).
-
-    The current directory is importable, as it is for ``python -m``.
-
-    Examples
-    --------
-    >>> from latte_ref.testing import load_candidate
-    >>> load_candidate("latte_ref:causal").__name__
-    'causal'
-    """
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"expected 'package.module:function', got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"{spec} is not callable")
-    return obj  # type: ignore[no-any-return]
 
 
 def validate(
@@ -72,6 +48,8 @@ def validate(
     seed: int = 0,
     cases: list[str] | None = None,
     save_dir: str | os.PathLike[str] | None = None,
+    logit_scale: float | str | None = None,
+    batch_axes: int | None = None,
 ) -> Report:
     """Check a Latte implementation against the float64 reference on the conformance cases.
 
@@ -103,13 +81,29 @@ def validate(
     cases : list of str, optional
         Only these cases (see :func:`latte_ref.testing.case_names`).
     save_dir : path, optional
-        Where the worst case's inputs are written (the system's temporary directory by default).
+        Where the worst failing case's inputs are written (the system's temporary directory by
+        default); nothing is written when every case passes.
+    logit_scale : float or "inv_sqrt_l", optional
+        For implementations that scale the logits: the reference becomes Latte(s·q, s·k, v),
+        with ``s`` this number or, for ``"inv_sqrt_l"``, 1/√L (L the latents per head).
+    batch_axes : {0, 1, 2}, optional
+        Feed every case with exactly this many batch axes (the cases' batches are flattened
+        into one axis, or given leading axes of size 1, or, for 0, run one sequence per call).
+        By default each case keeps its own: 0, 1 or 2.
+
+    Raises
+    ------
+    UsageError
+        (a ``ValueError``) for an argument that cannot run: an unknown form, layout, case,
+        backend or dtype, a bad ``logit_scale`` or ``batch_axes``, or a candidate name that
+        does not resolve. A candidate that raises is a failed case instead.
 
     Returns
     -------
     Report
         ``report.passed``, ``report.results`` (one row per case), ``report.worst``,
-        ``report.worst_npz`` and ``report.reproduce`` (a command line).
+        ``report.worst_npz`` and ``report.reproduce`` (a command line; both None when every
+        case passes).
 
     Examples
     --------
@@ -121,12 +115,7 @@ def validate(
     """
     spec = candidate if isinstance(candidate, str) else _spec_of(candidate)
     function = load_candidate(candidate) if isinstance(candidate, str) else candidate
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    chosen = backends.get_backend(backend)
-    chosen.require()
+    chosen = check_arguments(form, layout, backend, dtype, logit_scale, batch_axes, cases)
     resolved_device = _resolve_device(chosen, device)
     settings = {
         "candidate": spec,
@@ -138,25 +127,30 @@ def validate(
         "with_mask": with_mask,
         "with_state": with_state,
         "seed": seed,
+        "logit_scale": logit_scale,
+        "batch_axes": batch_axes,
     }
     report = Report(settings)
     artifacts = {}
-    for case in generate_cases(form, with_mask=with_mask, with_state=with_state, seed=seed, names=cases):
-        result, arrays = run_case(
-            function,
-            case,
-            form=form,
-            backend=chosen,
-            device=resolved_device,
-            dtype=dtype,
-            layout=layout,
-            with_mask=with_mask,
-            with_state=with_state,
-        )
-        report.results.append(result)
-        artifacts[case.name] = arrays
+    with jax_x64_for(chosen, dtype):
+        for case in generate_cases(form, with_mask=with_mask, with_state=with_state, seed=seed, names=cases):
+            result, arrays = run_case(
+                function,
+                case,
+                form=form,
+                backend=chosen,
+                device=resolved_device,
+                dtype=dtype,
+                layout=layout,
+                with_mask=with_mask,
+                with_state=with_state,
+                logit_scale=logit_scale,
+                batch_axes=batch_axes,
+            )
+            report.results.append(result)
+            artifacts[case.name] = arrays
     worst = report.worst
-    if worst is not None:
+    if worst is not None and not report.passed:  # a passing run leaves nothing behind
         report.worst_npz = save_worst(worst, artifacts[worst.name], settings, save_dir)
         report.reproduce = reproduce_command(settings, worst.name)
     return report
@@ -188,33 +182,51 @@ def run_case(
     layout: str = "BTHD",
     with_mask: bool = False,
     with_state: bool = False,
+    logit_scale: float | str | None = None,
+    batch_axes: int | None = None,
 ) -> tuple[CaseResult, dict[str, np.ndarray]]:
     """Run one case; returns its row and the arrays to save should it be the worst."""
     q, k, v = (backend.asarray(a, dtype=dtype, device=device) for a in (case.q, case.k, case.v))
     mask = None if case.mask is None else backend.asarray(case.mask, dtype="bool", device=device)
     seen = tuple(_numpy(backend, a) for a in (q, k, v))  # the inputs as rounded to the dtype
-    expected = reference(case, *seen, form=form)
+    scale = resolve_logit_scale(logit_scale, case.q.shape[-1])
+    scaled_q, scaled_k = seen[0] * scale, seen[1] * scale
+    expected = reference(case, scaled_q, scaled_k, seen[2], form=form)
     value_scale = float(np.max(np.abs(seen[2]), initial=0.0))
     arrays = {"q": seen[0], "k": seen[1], "v": seen[2], "expected": expected}
     if case.mask is not None:
         arrays["mask"] = case.mask
     if dtype in FIXED_TOLERANCES:
-        logit_scale = max(float(np.max(np.abs(a), initial=0.0)) for a in seen[:2])
-        tolerance = fixed_tolerance(dtype, value_scale, logit_scale)
+        logit_size = max(float(np.max(np.abs(a), initial=0.0)) for a in (scaled_q, scaled_k))
+        tolerance = fixed_tolerance(dtype, value_scale, logit_size)
     else:
-        baseline = _numpy(backend, _latte_ref_form(form)(q, k, v, mask))
+        baseline = _numpy(backend, _latte_ref_form(form)(q * scale, k * scale, v, mask))
         b_max_abs, b_rel_rms = errors(baseline, expected)
         tolerance = relative_to_baseline(dtype, b_rel_rms, b_max_abs, value_scale)
+    fed_shape = fed_q_shape(case.q.shape, batch_axes)
 
-    def row(max_abs: float, rel_rms: float, note: str = "") -> CaseResult:
+    def row(max_abs: float, rel_rms: float, note: str = "", **extra: Any) -> CaseResult:
         passed = not note and tolerance.passes(rel_rms, max_abs)
-        return CaseResult(case.name, case.shape, max_abs, rel_rms, tolerance, passed, note)
+        label = shape_label(fed_shape, case.v.shape[-1])
+        return CaseResult(case.name, label, max_abs, rel_rms, tolerance, passed, note, case.description, **extra)
 
     try:
-        y = call_candidate(candidate, form, q, k, v, mask, cuts=case.cuts, layout=layout, with_state=with_state)
+        y = with_batch_axes(
+            lambda *qkvm: call_candidate(candidate, form, *qkvm, cuts=case.cuts, layout=layout, with_state=with_state),
+            (q, k, v, mask),
+            batch_axes,
+        )
     except Exception as exc:  # a crash is a failed case, not a failed suite
-        return row(float("inf"), float("inf"), f"raised {type(exc).__name__}: {str(exc)[:120]}"), arrays
+        note = f"raised {describe_exception(exc, backend.name)}"
+        return row(float("inf"), float("inf"), note, traceback="".join(traceback.format_exception(exc))), arrays
     note = ""
+    returned_by = backend_name_of(y)
+    if returned_by != backend.name:
+        hint = other_backend_hint(backend.name, {returned_by} if returned_by else set())
+        note = f"returned a {type(y).__module__}.{type(y).__name__}, not a {backend.name} array" + (
+            f"; {hint}" if hint else ""
+        )
+        return row(float("inf"), float("inf"), note), arrays
     if str(getattr(y, "dtype", None)) != str(q.dtype):
         note = f"returned dtype {getattr(y, 'dtype', type(y))}, expected {q.dtype}"
     actual = _numpy(backend, y)
@@ -224,7 +236,10 @@ def run_case(
     max_abs, rel_rms = errors(actual, expected)
     if not np.all(np.isfinite(actual)):
         note = note or "non-finite output"
-    return row(max_abs, rel_rms, note), arrays
+    mismatch = None
+    if note or not tolerance.passes(rel_rms, max_abs):
+        mismatch = first_mismatch(actual, expected, tolerance.max_abs)
+    return row(max_abs, rel_rms, note, first_mismatch=mismatch), arrays
 
 
 def reference(case: ValidationCase, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, form: str) -> np.ndarray:
@@ -313,4 +328,5 @@ def _spec_of(candidate: Callable[..., Any]) -> str:
     name = getattr(candidate, "__qualname__", None)
     if module and name and "<" not in name and module != "__main__":
         return f"{module}:{name}"
-    return f"MODULE:{name if name and '<' not in name else 'FUNCTION'}"
+    short = getattr(candidate, "__name__", None)  # a local function keeps its name: artefacts stay apart
+    return f"MODULE:{short if short and '<' not in short else 'FUNCTION'}"

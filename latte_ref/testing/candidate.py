@@ -1,0 +1,178 @@
+"""The candidate of :func:`latte_ref.testing.validate`: loading it by name, and saying where and why it raised.
+
+A name that does not resolve is a usage error (:class:`UsageError`, exit status 2 on the
+command line), never a failed case: status 1 means only "the candidate disagrees". A
+candidate that raises is a failed case, described by its exception and the line of the
+candidate's own code that raised it, with a hint when its code looks written for another
+backend than the one whose arrays it was given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+import sysconfig
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+from .. import backends
+
+__all__ = ["CandidateError", "UsageError", "describe_exception", "load_candidate", "other_backend_hint"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Installed libraries and the standard library: frames there are not the candidate's own code.
+_LIBRARY_DIRS = tuple(
+    {os.path.abspath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib", "stdlib", "platstdlib")}
+)
+
+
+class UsageError(ValueError):
+    """The validator was asked something it cannot do (a bad argument); not a verdict on the candidate."""
+
+
+class CandidateError(UsageError):
+    """The candidate's name does not resolve: no such module or attribute, or not callable."""
+
+
+def load_candidate(spec: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:function"`` (``function`` may be dotted: ``Class.method``).
+
+    The current directory is importable, as it is for ``python -m``.
+
+    Raises
+    ------
+    CandidateError
+        With one line naming what was not found: the module, the attribute, or what is not callable.
+
+    Examples
+    --------
+    >>> from latte_ref.testing import load_candidate
+    >>> load_candidate("latte_ref:causal").__name__
+    'causal'
+    >>> load_candidate("latte_ref:casual")
+    Traceback (most recent call last):
+    ...
+    latte_ref.testing.candidate.CandidateError: module 'latte_ref' has no attribute 'casual' (did you mean 'causal'?)
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CandidateError(f"expected MODULE:FUNCTION, e.g. mykernels.latte:causal, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise CandidateError(
+                f"no module named {exc.name!r} (looked in the current directory {os.getcwd()} and on sys.path)"
+            ) from None
+        raise CandidateError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+    except Exception as exc:  # the candidate's module itself raised while importing
+        raise CandidateError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+    owner = module_name
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("__")], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            kind = "module" if isinstance(obj, types.ModuleType) else "object"
+            raise CandidateError(f"{kind} {owner!r} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+        owner = f"{owner}.{part}"
+    if not callable(obj):
+        raise CandidateError(f"{spec} is a {type(obj).__name__}, not a callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def describe_exception(exc: BaseException, backend: str) -> str:
+    """``Type: message at file:line``, the line being the innermost frame of the candidate's own code.
+
+    Plus a hint when the code that raised refers to another backend's framework than ``backend``.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not _is_latte_ref(f.filename)]
+    user = [f for f in own if not _is_library(f.filename)] or own
+    where = f" at {_short(user[-1].filename)}:{user[-1].lineno}" if user else ""
+    text = f"{type(exc).__name__}: {_one_line(exc)}{where}"
+    hint = other_backend_hint(backend, _frameworks_named(exc) | _frameworks_with_attribute(exc))
+    return f"{text}; {hint}" if hint else text
+
+
+def other_backend_hint(backend: str, frameworks: set[str]) -> str:
+    """A suggestion of ``--backend NAME`` when the candidate's arrays or code belong to another backend."""
+    others = sorted(frameworks - {backend})
+    if not others or backend in frameworks:
+        return ""
+    return f"its code looks written for {' or '.join(others)} arrays, not {backend}: try --backend {others[0]}"
+
+
+def backend_name_of(x: Any) -> str | None:
+    """The :mod:`latte_ref.backends` name of ``x``'s array type, or None."""
+    try:
+        return backends.backend_of(x).name
+    except TypeError:
+        return None
+
+
+def _frameworks_named(exc: BaseException) -> set[str]:
+    """Backends whose framework the raising frames (outside latte-ref) use, by their globals and the message."""
+    found = set()
+    message = str(exc)
+    for name in backends.BACKENDS:
+        if name != "numpy" and f"{name}." in message:
+            found.add(name)
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if not _is_latte_ref(frame.f_code.co_filename) and not _is_library(frame.f_code.co_filename):
+            for value in frame.f_globals.values():
+                if isinstance(value, types.ModuleType):
+                    root = value.__name__.split(".")[0]
+                    if root in backends.BACKENDS and root != "numpy":
+                        found.add(root)
+        tb = tb.tb_next
+    return found
+
+
+_ARRAY_TYPES = {"torch": ("torch", "Tensor"), "jax": ("jax", "Array"), "cupy": ("cupy", "ndarray")}
+"""Where to look for a method the candidate called on an input array that does not have it."""
+
+
+def _frameworks_with_attribute(exc: BaseException) -> set[str]:
+    """For ``'numpy.ndarray' object has no attribute 'softmax'``: the backends whose arrays have it."""
+    name, obj = getattr(exc, "name", None), getattr(exc, "obj", None)
+    if not isinstance(exc, AttributeError) or name is None or backend_name_of(obj) is None:
+        return set()
+    found = set()
+    for backend, (module, attribute) in _ARRAY_TYPES.items():
+        if backends.get_backend(backend).unavailable_reason() is not None:
+            continue  # not installed here: the suggestion could not be followed
+        array_type = getattr(importlib.import_module(module), attribute, None)
+        if array_type is not None and hasattr(array_type, name):
+            found.add(backend)
+    return found
+
+
+def _is_latte_ref(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def _is_library(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return filename.startswith("<frozen") or any(path.startswith(d + os.sep) for d in _LIBRARY_DIRS)
+
+
+def _short(filename: str) -> str:
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:  # another drive (Windows)
+        return filename
+    return filename if relative.startswith("..") else relative
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
