@@ -57,7 +57,7 @@ BLOCK_TOKENS = 4096
 """Tokens whose chunks are evaluated together; the state is carried between such blocks.
 
 It bounds memory, and it keeps a block's arrays (a few MB) in cache: on NumPy, blocks
-of 2,048 to 4,096 tokens ran 1.5 times as fast as blocks of 16,384 (docs/performance.md).
+of 4,096 tokens ran 1.2 to 1.5 times as fast as blocks of 16,384 (docs/performance.md).
 """
 
 TRACED_BLOCK_TOKENS = 2048
