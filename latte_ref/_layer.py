@@ -38,6 +38,7 @@ __all__ = [
     "resolve_namespace",
     "run_form",
     "split_heads",
+    "stream",
 ]
 
 Form = Literal["definition", "recurrent"]
@@ -325,6 +326,28 @@ def _cross_attention(
     else:
         y = bidirectional(q, k, v, key_mask=context_mask)
     return merge_heads(xp, mask_output(xp, mask, y), params.wo)
+
+
+def stream(
+    x: Array, params: LatteParams, *, mask: Array | None = None, state: LatteState | None = None
+) -> tuple[Array, LatteState]:
+    """The causal layer after the history ``state`` (None: an empty one): its output and the state after x.
+
+    x: (..., T, d_model) -> y (..., T, d_model), as ``latte_attention(x, params, causal=True)`` on the
+    whole sequence; the state is that of :func:`latte_ref.causal`, per head. The framework layers
+    (:mod:`latte_ref.layers`) stream with it.
+    """
+    if not isinstance(params, LatteParams):
+        raise TypeError(f"params must be a LatteParams, got {type(params).__name__}")
+    xp = namespace_of(x=x, mask=mask, wq=params.wq)
+    if x.ndim < 2 or x.shape[-1] != params.d_model:
+        raise ValueError(f"x must have shape (..., T, d_model={params.d_model}), got {tuple(x.shape)}")
+    heads = params.n_heads
+    q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
+    k = split_heads(xp, x @ params.wk, heads)
+    v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
+    y, state_after = causal_form(q, k, v, mask=mask, state=state, return_state=True)
+    return merge_heads(xp, y, params.wo), state_after
 
 
 def check_form(form: object, causal: bool) -> None:

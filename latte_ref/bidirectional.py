@@ -75,14 +75,10 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None, ke
     n_queries, n_keys = q.shape[-3], k.shape[-3]
     if n_queries == 0:
         return xp.zeros((*q.shape[:-1], v.shape[-1]), dtype=out_dtype, device=device_of(q))
-    if is_dask_array(q):
-        if key_mask is not None or n_queries != n_keys:
-            raise NotImplementedError(
-                "cross-attention (key_mask, or k and v of another length than q) is not implemented for Dask arrays;"
-                " compute the arrays first, or pass NumPy arrays"
-            )
+    if is_dask_array(q) and key_mask is None and n_queries == n_keys:
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
         return sequence_parallel("dask").bidirectional(q, k, v, mask=mask, out_dtype=out_dtype)
+    # (Cross-attention on Dask takes the path below too, as a lazy graph of whole-array operations.)
     keys = keys_taking_part(mask, key_mask)
     # BLOCK_TOKENS at a time, so that every pass over the tokens works on arrays that stay in cache
     state = None
