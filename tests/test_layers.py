@@ -165,7 +165,7 @@ def test_flax_layer_streams_round_trips_and_cross_attends(nnx):
     layer = LatteAttention.from_params(params, causal=True)
     for name in ("wq", "wk", "wv", "wo"):
         np.testing.assert_array_equal(np.asarray(getattr(layer.to_params(), name)), getattr(params, name))
-    assert repr(layer) == "LatteAttention(d_model=16, n_latents=8, n_heads=4, causal=True)"
+    assert repr(layer) == str(layer) == "LatteAttention(d_model=16, n_latents=8, n_heads=4, causal=True)"
     x = jnp.asarray(_x())
     head, state = layer(x[:, :7], return_state=True)
     tail = layer(x[:, 7:], state=state)

@@ -120,6 +120,8 @@ class LatteAttention(nnx.Module):
             f" causal={self.causal})"
         )
 
+    __str__ = __repr__  # print() too, which NNX routes to its own repr
+
     def to_params(self) -> LatteParams:
         """The layer's weights as :class:`latte_ref.LatteParams` (a pytree: it passes through ``jax.jit``)."""
         return LatteParams(wq=self.wq[...], wk=self.wk[...], wv=self.wv[...], wo=self.wo[...], n_heads=self.n_heads)
