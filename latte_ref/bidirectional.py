@@ -91,7 +91,7 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None, ke
     if len(query_blocks) == 1:
         y = read_queries(xp, q, mask, state)  # [..., Tq, H, D]
     else:
-        y = _read_in_blocks(xp, q, mask, state, query_blocks, like=v[..., :1, :, :])
+        y = _read_in_blocks(xp, q, mask, state, query_blocks, like=v)
     return xp.astype(y, out_dtype, copy=False)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ def _inputs(n_queries: int = TQ, n_keys: int = TK, seed: int = 3):
     v = rng.normal(size=(B, n_keys, H, D))
     key_mask = np.ones((B, n_keys), dtype=bool)
     key_mask[1, n_keys // 2 :] = False  # the second sequence's keys end early
-    key_mask[0, 0] = False
+    key_mask[0, :1] = False
     return q, k, v, key_mask
 
 
@@ -109,4 +111,16 @@ def test_latte_attention_with_a_context(case64):
         x, p, causal=False, context=context, context_mask=context_mask, form="definition"
     )
     assert tuple(y.shape) == (B, 6, 16)
+    assert relative_error(case64.numpy(y), case64.numpy(expected)) <= case64.tol
+
+
+@pytest.mark.parametrize(("n_queries", "n_keys"), [(TQ, TK), (2 * TK, TK), (TQ, 0)])
+def test_cross_attention_in_blocks(case64, monkeypatch, n_queries, n_keys):
+    """Keys summarised and queries read BLOCK_TOKENS at a time (here 4) give the definition's output."""
+    monkeypatch.setattr(sys.modules["latte_ref.bidirectional"], "BLOCK_TOKENS", 4)
+    q, k, v, key_mask = _inputs(n_queries, n_keys)
+    q, k, v, key_mask = (case64.array(a) for a in (q, k, v, key_mask))
+    y = latte_ref.bidirectional(q, k, v, key_mask=key_mask)
+    expected = latte_ref.definition(q, k, v, causal=False, key_mask=key_mask)
+    assert tuple(y.shape) == (B, n_queries, H, D)
     assert relative_error(case64.numpy(y), case64.numpy(expected)) <= case64.tol
