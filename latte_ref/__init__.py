@@ -12,14 +12,18 @@ Shape letters used throughout:
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
-from ._layer import LatteParams, init_params, latte_attention
+from ._layer import LatteParams, init_params, latte_attention, register_jax_pytree
 from .bidirectional import bidirectional
 from .causal import DEFAULT_CHUNK_SIZE, causal
 from .definition import attention_matrix, definition
 from .recurrent import recurrent, step
 from .state import LatteState, combine, init_state
+
+if "jax" in sys.modules:  # JAX is already there: LatteParams becomes a pytree now (never imports JAX itself)
+    register_jax_pytree()
 
 # Last: the sequence-parallel algorithms sit above the forms and register themselves with them.
 from . import parallel  # noqa: F401  isort: skip

@@ -26,6 +26,7 @@ __all__ = [
     "compute_dtype",
     "device_of",
     "finite_or_zero",
+    "keys_taking_part",
     "mask_keys_and_values",
     "mask_output",
     "namespace_of",
@@ -73,6 +74,8 @@ def _prepare_qkv(
     time_axis: bool = True,
     names: tuple[str, str, str] = ("q", "k", "v"),
     mask_name: str = "mask",
+    cross: bool = False,
+    key_mask: Array | None = None,
 ) -> tuple[Any, Array, Array, Array, Any, Any]:
     """The preamble every form shares: check q, k, v and the mask, and cast to the computation dtype.
 
@@ -86,6 +89,11 @@ def _prepare_qkv(
         Whether the arrays have a T axis (False for one token, as in :func:`latte_ref.step`).
     names, mask_name : str
         The argument names that error messages use.
+    cross : bool
+        Whether k and v may have their own length Tk along T (cross-attention, see :func:`check_qkv`).
+        ``mask`` then needs Tq = Tk, since it marks the tokens of one sequence.
+    key_mask : bool array, shape (..., Tk), optional
+        Keys to take part (True) or not (False); checked against the axes of k before H, L.
 
     Returns
     -------
@@ -95,12 +103,25 @@ def _prepare_qkv(
     out_dtype, dtype : dtypes
         The result dtype and the computation dtype.
     """
-    xp = namespace_of(**{names[0]: q, names[1]: k, names[2]: v, mask_name: mask})
-    check_qkv(q, k, v, time_axis=time_axis, names=names)
+    xp = namespace_of(**{names[0]: q, names[1]: k, names[2]: v, mask_name: mask, "key_mask": key_mask})
+    check_qkv(q, k, v, time_axis=time_axis, names=names, cross=cross)
+    if cross and mask is not None and q.shape[-3] != k.shape[-3]:
+        raise ValueError(
+            f"{mask_name} marks the tokens of one sequence (keys and outputs) and needs q and k of one length, got"
+            f" Tq={q.shape[-3]} and Tk={k.shape[-3]}; to leave out keys of another sequence, pass key_mask"
+        )
     check_mask(xp, mask, q.shape[:-2], name=mask_name, like=q)
+    check_mask(xp, key_mask, k.shape[:-2], name="key_mask", like=q)
     out_dtype, dtype = compute_dtype(xp, q, k, v)
     q, k, v = (xp.astype(a, dtype, copy=False) for a in (q, k, v))
     return xp, q, k, v, out_dtype, dtype
+
+
+def keys_taking_part(mask: Array | None, key_mask: Array | None) -> Array | None:
+    """The keys that take part (..., Tk): those ``mask`` and ``key_mask`` both keep, or None for all of them."""
+    if mask is None or key_mask is None:
+        return key_mask if mask is None else mask
+    return mask & key_mask
 
 
 def device_of(x: Array) -> Any:
@@ -130,10 +151,18 @@ def compute_dtype(xp: Any, *arrays: Array) -> tuple[Any, Any]:
 
 
 def check_qkv(
-    q: Array, k: Array, v: Array, *, time_axis: bool = True, names: tuple[str, str, str] = ("q", "k", "v")
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    time_axis: bool = True,
+    names: tuple[str, str, str] = ("q", "k", "v"),
+    cross: bool = False,
 ) -> None:
     """Check that ``q``, ``k`` are (..., [T,] H, L) and ``v`` is (..., [T,] H, D) real floating arrays on one device.
 
+    With ``cross``, k and v may have another length Tk than q's Tq along T (cross-attention):
+    q is (..., Tq, H, L), k is (..., Tk, H, L) and v is (..., Tk, H, D).
     Call after :func:`namespace_of`, which makes sure the three are arrays of one library.
     """
     xp = array_namespace(q)
@@ -151,9 +180,19 @@ def check_qkv(
             raise TypeError(f"{name} must be a real floating-point array (float16 to float64), got dtype {a.dtype}")
     if q.shape[-1] == 0:
         raise ValueError(f"q and k need at least one latent (L >= 1), got shape {tuple(q.shape)}")
-    if tuple(q.shape) != tuple(k.shape):
+    if cross and time_axis:
+        if q.ndim != k.ndim or tuple(q.shape[:-3]) + tuple(q.shape[-2:]) != tuple(k.shape[:-3]) + tuple(k.shape[-2:]):
+            raise ValueError(
+                f"q and k must have the same shape but for their lengths along T, got {tuple(q.shape)} and"
+                f" {tuple(k.shape)}"
+            )
+        if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
+            raise ValueError(
+                f"v must share all axes but the last with k ({tuple(k.shape[:-1])} + (D,)), got {tuple(v.shape)}"
+            )
+    elif tuple(q.shape) != tuple(k.shape):
         raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if tuple(v.shape[:-1]) != tuple(q.shape[:-1]):
+    elif tuple(v.shape[:-1]) != tuple(q.shape[:-1]):
         raise ValueError(
             f"v must share all axes but the last with q ({tuple(q.shape[:-1])} + (D,)), got {tuple(v.shape)}"
         )
@@ -237,15 +276,17 @@ def _same_dtype(actual: Any, requested: Any) -> bool:
         return str(actual) == str(requested)
 
 
-def output_buffer(xp: Any, like: Array) -> Array | None:
-    """An uninitialised array of ``like``'s shape, dtype and device to fill in blocks; None where arrays are immutable.
+def output_buffer(xp: Any, like: Array, shape: tuple[int, ...] | None = None) -> Array | None:
+    """An uninitialised array of ``like``'s shape (or ``shape``), dtype and device to fill in blocks.
+
+    None where arrays are immutable.
 
     Filling one buffer keeps the peak at one copy of the output; collecting the
     blocks and concatenating them (JAX, whose arrays are immutable) holds two.
     """
     if not is_writeable_array(like) or is_lazy_array(like):
         return None
-    return xp.empty(like.shape, dtype=like.dtype, device=device_of(like))
+    return xp.empty(like.shape if shape is None else shape, dtype=like.dtype, device=device_of(like))
 
 
 def causal_weighted_sum(xp: Any, weights: Array, v: Array) -> Array:

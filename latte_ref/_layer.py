@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +16,7 @@ from ._array import (
     check_flag,
     check_mask,
     check_positive_int,
+    mask_output,
     namespace_of,
     resolve_namespace,
     same_device,
@@ -31,17 +34,23 @@ __all__ = [
     "init_params",
     "latte_attention",
     "merge_heads",
+    "register_jax_pytree",
     "resolve_namespace",
     "run_form",
     "split_heads",
+    "stream",
 ]
 
 Form = Literal["definition", "recurrent"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LatteParams:
     """Weights of one Latte layer, laid out as in the authors' code.
+
+    Where JAX is imported, ``LatteParams`` is a JAX pytree: the four weights are its
+    leaves and ``n_heads`` is static, so ``jax.grad``, ``jax.jit`` and ``jax.tree.map``
+    take it as it is (see :func:`register_jax_pytree`).
 
     Attributes
     ----------
@@ -53,6 +62,12 @@ class LatteParams:
         with ``D = d_model // n_heads``.
     n_heads : int
         H.
+
+    Examples
+    --------
+    >>> import latte_ref
+    >>> latte_ref.init_params(d_model=16, n_latents=8, n_heads=4)
+    LatteParams(d_model=16, n_latents=8, n_heads=4, wq/wk (16, 8), wv/wo (16, 16), float64)
     """
 
     wq: Array
@@ -62,6 +77,8 @@ class LatteParams:
     n_heads: int
 
     def __post_init__(self) -> None:
+        if not _registered and "jax" in sys.modules:  # JAX was imported after latte_ref: register now
+            register_jax_pytree()
         check_positive_int("n_heads", self.n_heads)
         weights = {name: getattr(self, name) for name in ("wq", "wk", "wv", "wo")}
         xp = namespace_of(**weights)
@@ -88,6 +105,89 @@ class LatteParams:
     @property
     def n_latents(self) -> int:
         return int(self.wq.shape[1])
+
+    def __repr__(self) -> str:
+        # Shapes and dtype only: the weights of a real layer would fill the screen.
+        dtypes = {str(w.dtype).removeprefix("torch.") for w in (self.wq, self.wk, self.wv, self.wo)}
+        return (
+            f"LatteParams(d_model={self.d_model}, n_latents={self.n_latents}, n_heads={self.n_heads},"
+            f" wq/wk {tuple(self.wq.shape)}, wv/wo {tuple(self.wv.shape)}, {'/'.join(sorted(dtypes))})"
+        )
+
+    @classmethod
+    def from_authors(cls, params: Mapping[str, Any], *, n_heads: int) -> LatteParams:
+        """The weights of the authors' Flax modules (``BidLatte``, ``StableScanLatte``) as ``LatteParams``.
+
+        Parameters
+        ----------
+        params : mapping
+            The module's parameters, keys ``Wq``, ``Wk`` (d_model, n_latents), ``Wv`` and ``o_proj``
+            (d_model, d_model); or the dict that ``module.init`` returns, which holds them under ``"params"``.
+            The arrays are kept as they are (a JAX array stays one; nested lists become NumPy arrays).
+        n_heads : int
+            The module's ``n_heads``, which its parameters do not record.
+
+        Returns
+        -------
+        LatteParams
+            ``wq, wk, wv, wo = Wq, Wk, Wv, o_proj``: the authors' layout is this package's.
+
+        Examples
+        --------
+        >>> import numpy as np, latte_ref
+        >>> rng = np.random.default_rng(0)
+        >>> authors = {"params": {"Wq": rng.normal(size=(16, 8)), "Wk": rng.normal(size=(16, 8)),
+        ...                       "Wv": rng.normal(size=(16, 16)), "o_proj": rng.normal(size=(16, 16))}}
+        >>> p = latte_ref.LatteParams.from_authors(authors, n_heads=4)
+        >>> p.n_latents, p.n_heads, bool(np.all(p.wo == authors["params"]["o_proj"]))
+        (8, 4, True)
+        """
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of the authors' parameter names, got {type(params).__name__}")
+        if "params" in params and isinstance(params["params"], Mapping):
+            params = params["params"]
+        names = {"wq": "Wq", "wk": "Wk", "wv": "Wv", "wo": "o_proj"}
+        missing = [key for key in names.values() if key not in params]
+        if missing:
+            raise KeyError(f"the authors' parameters need the keys Wq, Wk, Wv, o_proj; missing {missing}")
+        weights = {ours: params[theirs] for ours, theirs in names.items()}
+        weights = {
+            k: w if hasattr(w, "__array_namespace__") or hasattr(w, "dtype") else np.asarray(w)
+            for k, w in weights.items()
+        }
+        return cls(**weights, n_heads=n_heads)
+
+
+_registered = False
+
+
+def register_jax_pytree() -> None:
+    """Make :class:`LatteParams` a JAX pytree (weights the leaves, ``n_heads`` static); idempotent.
+
+    JAX is imported here only, and this runs only once JAX is already imported: when
+    ``latte_ref`` is imported after JAX, when a ``LatteParams`` is made after JAX was
+    imported, and when :mod:`latte_ref.layers.flax` is imported. So importing
+    latte_ref alone never imports JAX, and every ``LatteParams`` that can meet a JAX
+    transformation is already registered.
+    """
+    global _registered
+    if _registered:
+        return
+    import jax
+
+    def flatten(p: LatteParams) -> tuple[tuple[tuple[Any, Array], ...], int]:
+        return tuple((jax.tree_util.GetAttrKey(n), getattr(p, n)) for n in ("wq", "wk", "wv", "wo")), p.n_heads
+
+    def unflatten(n_heads: int, leaves: Any) -> LatteParams:
+        # Bypass the checks of __post_init__: JAX rebuilds pytrees with tracers and placeholders.
+        p = object.__new__(LatteParams)
+        for name, leaf in zip(("wq", "wk", "wv", "wo"), leaves, strict=True):
+            object.__setattr__(p, name, leaf)
+        object.__setattr__(p, "n_heads", n_heads)
+        return p
+
+    _registered = True
+    jax.tree_util.register_pytree_with_keys(LatteParams, flatten, unflatten)
 
 
 def init_params(
@@ -137,7 +237,14 @@ def init_params(
 
 
 def latte_attention(
-    x: Array, params: LatteParams, *, causal: bool, mask: Array | None = None, form: Form | None = None
+    x: Array,
+    params: LatteParams,
+    *,
+    causal: bool,
+    mask: Array | None = None,
+    form: Form | None = None,
+    context: Array | None = None,
+    context_mask: Array | None = None,
 ) -> Array:
     """The Latte layer: ``q, k, v = x @ wq, x @ wk, x @ wv`` split into heads, Latte per head, then ``@ wo``.
 
@@ -152,6 +259,10 @@ def latte_attention(
     form : {None, "definition", "recurrent"}
         ``None`` runs the fast form (:func:`bidirectional` or :func:`causal`),
         ``"definition"`` the O(T²) oracle, ``"recurrent"`` the token-by-token scan (causal only).
+    context : array, shape (..., Tk, d_model), optional
+        Cross-attention (``causal=False`` only): queries from x, keys and values from ``context``.
+    context_mask : bool array, shape (..., Tk), optional
+        With ``context``: True for a real context token; the others are no key.
 
     Returns
     -------
@@ -163,6 +274,9 @@ def latte_attention(
     >>> p = latte_ref.init_params(d_model=16, n_latents=8, n_heads=4)
     >>> x = np.random.default_rng(0).normal(size=(2, 10, 16))
     >>> latte_ref.latte_attention(x, p, causal=True).shape
+    (2, 10, 16)
+    >>> memory = np.random.default_rng(1).normal(size=(2, 30, 16))  # cross-attention: 10 queries, 30 keys
+    >>> latte_ref.latte_attention(x, p, causal=False, context=memory).shape
     (2, 10, 16)
     """
     if not isinstance(params, LatteParams):
@@ -176,6 +290,12 @@ def latte_attention(
         raise TypeError(f"x must be a real floating-point array (float16 to float64), got dtype {x.dtype}")
     check_mask(xp, mask, x.shape[:-1])
     check_form(form, causal)
+    if context is not None:
+        if causal:
+            raise ValueError("cross-attention (a context) exists only for causal=False")
+        return _cross_attention(xp, x, params, mask=mask, form=form, context=context, context_mask=context_mask)
+    if context_mask is not None:
+        raise ValueError("context_mask is given without a context")
 
     heads = params.n_heads
     q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
@@ -183,6 +303,51 @@ def latte_attention(
     v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
     y, _ = run_form(q, k, v, causal=causal, form=form, mask=mask)
     return merge_heads(xp, y, params.wo)
+
+
+def _cross_attention(
+    xp: Any, x: Array, params: LatteParams, *, mask: Array | None, form: Form | None, context: Array, context_mask: Any
+) -> Array:
+    """:func:`latte_attention` with queries from x and keys and values from ``context`` (checked here)."""
+    xp = namespace_of(x=x, context=context, context_mask=context_mask)
+    same_device(x=x, context=context, context_mask=context_mask)
+    if context.ndim != x.ndim or context.shape[:-2] != x.shape[:-2] or context.shape[-1] != params.d_model:
+        raise ValueError(
+            f"context must have shape (..., Tk, d_model={params.d_model}) with the batch axes of x"
+            f" {tuple(x.shape[:-2])}, got {tuple(context.shape)}"
+        )
+    check_mask(xp, context_mask, context.shape[:-1], name="context_mask")
+    heads = params.n_heads
+    q = split_heads(xp, x @ params.wq, heads)  # [..., Tq, H, L]
+    k = split_heads(xp, context @ params.wk, heads)  # [..., Tk, H, L]
+    v = split_heads(xp, context @ params.wv, heads)  # [..., Tk, H, D]
+    if form == "definition":
+        y = definition(q, k, v, causal=False, key_mask=context_mask)
+    else:
+        y = bidirectional(q, k, v, key_mask=context_mask)
+    return merge_heads(xp, mask_output(xp, mask, y), params.wo)
+
+
+def stream(
+    x: Array, params: LatteParams, *, mask: Array | None = None, state: LatteState | None = None
+) -> tuple[Array, LatteState]:
+    """The causal layer after the history ``state`` (None: an empty one): its output and the state after x.
+
+    x: (..., T, d_model) -> y (..., T, d_model), as ``latte_attention(x, params, causal=True)`` on the
+    whole sequence; the state is that of :func:`latte_ref.causal`, per head. The framework layers
+    (:mod:`latte_ref.layers`) stream with it.
+    """
+    if not isinstance(params, LatteParams):
+        raise TypeError(f"params must be a LatteParams, got {type(params).__name__}")
+    xp = namespace_of(x=x, mask=mask, wq=params.wq)
+    if x.ndim < 2 or x.shape[-1] != params.d_model:
+        raise ValueError(f"x must have shape (..., T, d_model={params.d_model}), got {tuple(x.shape)}")
+    heads = params.n_heads
+    q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
+    k = split_heads(xp, x @ params.wk, heads)
+    v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
+    y, state_after = causal_form(q, k, v, mask=mask, state=state, return_state=True)
+    return merge_heads(xp, y, params.wo), state_after
 
 
 def check_form(form: object, causal: bool) -> None:

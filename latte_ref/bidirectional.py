@@ -9,6 +9,8 @@ from array_api_compat import is_dask_array
 from ._array import (
     Array,
     _prepare_qkv,
+    device_of,
+    keys_taking_part,
     mask_keys_and_values,
     output_buffer,
 )
@@ -21,8 +23,8 @@ BLOCK_TOKENS = 16_384
 """Tokens summarised, and read, at a time: memory beyond the output stays that of one block."""
 
 
-def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) -> Array:
-    r"""Bidirectional latent attention in O(T·L·D).
+def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None, key_mask: Array | None = None) -> Array:
+    r"""Bidirectional latent attention in O(T·L·D), self- or cross-attention.
 
     .. math::
 
@@ -30,22 +32,28 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
         p(l \mid t) = \operatorname{softmax}_l q_{t,l}, \qquad
         p(s \mid l) = \operatorname{softmax}_s k_{s,l}
 
-    Each latent summarises the values once (a softmax over the sequence and a
+    Each latent summarises the values once (a softmax over the keys and a
     matrix product), and every query reads those L summaries (a softmax over
-    latents and a second matrix product): no T x T matrix is ever formed.
+    latents and a second matrix product): no Tq x Tk matrix is ever formed.
+    The keys may come from another sequence than the queries (cross-attention):
+    the summaries run over its Tk tokens, the reading over the Tq queries.
 
     Parameters
     ----------
-    q, k : array, shape (..., T, H, L)
-        Latent logits of the queries and keys.
-    v : array, shape (..., T, H, D)
+    q : array, shape (..., Tq, H, L)
+        Latent logits of the queries.
+    k : array, shape (..., Tk, H, L)
+        Latent logits of the keys; Tk = Tq for self-attention, any length for cross-attention.
+    v : array, shape (..., Tk, H, D)
         Values.
     mask : bool array, shape (..., T), optional
-        True for a real token. Padded tokens are no key and get output 0.
+        True for a real token of the one sequence (needs Tq = Tk). Padded tokens are no key and get output 0.
+    key_mask : bool array, shape (..., Tk), optional
+        True for a key that takes part. Excluded keys are read by no query; every query keeps its output.
 
     Returns
     -------
-    y : array, shape (..., T, H, D)
+    y : array, shape (..., Tq, H, D)
         In the promoted dtype of the inputs (16-bit inputs are computed in float32).
 
     Examples
@@ -56,32 +64,50 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None) ->
     >>> v = rng.normal(size=(5, 16, 4, 32))
     >>> latte_ref.bidirectional(q, k, v).shape
     (5, 16, 4, 32)
+
+    Cross-attention: 16 queries read 40 keys and values of another sequence, the last 10 of them excluded.
+
+    >>> k_other, v_other = rng.normal(size=(5, 40, 4, 8)), rng.normal(size=(5, 40, 4, 32))
+    >>> key_mask = np.arange(40) < 30
+    >>> y = latte_ref.bidirectional(q, k_other, v_other, key_mask=np.broadcast_to(key_mask, (5, 40)))
+    >>> y.shape, bool(np.allclose(y, latte_ref.bidirectional(q, k_other[:, :30], v_other[:, :30])))
+    ((5, 16, 4, 32), True)
     """
-    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask)
-    if q.shape[-3] == 0:
-        return xp.zeros_like(v, dtype=out_dtype)
-    if is_dask_array(q):
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
+    n_queries, n_keys = q.shape[-3], k.shape[-3]
+    if n_queries == 0:
+        return xp.zeros((*q.shape[:-1], v.shape[-1]), dtype=out_dtype, device=device_of(q))
+    if is_dask_array(q) and key_mask is None and n_queries == n_keys:
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
         return sequence_parallel("dask").bidirectional(q, k, v, mask=mask, out_dtype=out_dtype)
+    # (Cross-attention on Dask takes the path below too, as a lazy graph of whole-array operations.)
+    keys = keys_taking_part(mask, key_mask)
     # BLOCK_TOKENS at a time, so that every pass over the tokens works on arrays that stay in cache
-    n_tokens = q.shape[-3]
-    blocks = [slice(start, min(start + BLOCK_TOKENS, n_tokens)) for start in range(0, n_tokens, BLOCK_TOKENS)]
     state = None
-    for block in blocks:  # the state of the whole sequence, one block's summary at a time
-        summary = summarise(xp, *_keys_and_values(xp, k, v, mask, block))
+    for block in _blocks(n_keys) or [slice(0, 0)]:  # the state of all the keys, one block's summary at a time
+        summary = summarise(xp, *_keys_and_values(xp, k, v, keys, block))
         state = summary if state is None else combine(state, summary)
     assert state is not None
-    # p(l | t) = softmax_l q, read against the state of the whole sequence
-    if len(blocks) == 1:
-        y = read_queries(xp, q, mask, state)  # [..., T, H, D]
+    # p(l | t) = softmax_l q, read against the state of all the keys
+    query_blocks = _blocks(n_queries)
+    if len(query_blocks) == 1:
+        y = read_queries(xp, q, mask, state)  # [..., Tq, H, D]
     else:
-        y = _read_in_blocks(xp, q, mask, state, blocks, like=v)
+        y = _read_in_blocks(xp, q, mask, state, query_blocks, like=v)
     return xp.astype(y, out_dtype, copy=False)
 
 
+def _blocks(n_tokens: int) -> list[slice]:
+    """``range(n_tokens)`` in slices of BLOCK_TOKENS (none when n_tokens is 0)."""
+    return [slice(start, min(start + BLOCK_TOKENS, n_tokens)) for start in range(0, n_tokens, BLOCK_TOKENS)]
+
+
 def _read_in_blocks(xp: Any, q: Array, mask: Array | None, state: Any, blocks: list[slice], like: Array) -> Array:
-    """:func:`read_queries` a block at a time, into one buffer where arrays are writable."""
-    y = output_buffer(xp, like)
+    """:func:`read_queries` a block at a time, into one buffer where arrays are writable.
+
+    ``like``: an array of the output's dtype and device, and its shape but for the length along T, which is q's.
+    """
+    y = output_buffer(xp, like, shape=(*q.shape[:-1], like.shape[-1]))
     pieces = []
     for block in blocks:
         y_block = read_queries(xp, q[..., block, :, :], None if mask is None else mask[..., block], state)

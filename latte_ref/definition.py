@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from ._array import Array, _prepare_qkv, causal_weighted_sum, check_flag, device_of, softmax
+from ._array import Array, _prepare_qkv, causal_weighted_sum, check_flag, device_of, keys_taking_part, softmax
 
 __all__ = ["attention_matrix", "definition"]
 
 
-def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = None) -> Array:
-    r"""The T x T attention that Latte implies: :math:`p(s \mid t) = \sum_l p(s \mid l, t)\, p(l \mid t)`.
+def attention_matrix(
+    q: Array, k: Array, *, causal: bool, mask: Array | None = None, key_mask: Array | None = None
+) -> Array:
+    r"""The Tq x Tk attention that Latte implies: :math:`p(s \mid t) = \sum_l p(s \mid l, t)\, p(l \mid t)`.
 
     .. math::
 
@@ -24,16 +26,21 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
 
     Parameters
     ----------
-    q, k : array, shape (..., T, H, L)
+    q : array, shape (..., Tq, H, L)
+    k : array, shape (..., Tk, H, L)
+        Tk = Tq for self-attention; any Tk for cross-attention (bidirectional only).
     causal : bool
-        Whether S(t) stops at t.
+        Whether S(t) stops at t (needs Tq = Tk).
     mask : bool array, shape (..., T), optional
-        Padded tokens are in no S(t), and their own rows are 0.
+        Padded tokens are in no S(t), and their own rows are 0 (needs Tq = Tk).
+    key_mask : bool array, shape (..., Tk), optional
+        Keys left out of every S(t); the rows stay as they are.
 
     Returns
     -------
-    a : array, shape (..., H, T, T)
-        ``a[..., h, t, s] = p(s | t)``; each real token's row sums to 1, so ``y = a @ v`` per head.
+    a : array, shape (..., H, Tq, Tk)
+        ``a[..., h, t, s] = p(s | t)``; each real token's row sums to 1 (0 if it has no key), so ``y = a @ v``
+        per head.
 
     Examples
     --------
@@ -47,19 +54,23 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
     >>> bool(np.allclose(y, latte_ref.causal(q, k, v)))
     True
     """
-    xp, q, k, _, out_dtype, _ = _prepare_qkv(q, k, k, mask, names=("q", "k", "k"))
+    xp, q, k, _, out_dtype, _ = _prepare_qkv(q, k, k, mask, names=("q", "k", "k"), cross=True, key_mask=key_mask)
     check_flag("causal", causal)
-    n = q.shape[-3]
-    if n == 0:
-        return xp.zeros((*q.shape[:-3], q.shape[-2], 0, 0), dtype=out_dtype, device=device_of(q))
+    n, n_keys = q.shape[-3], k.shape[-3]
+    if causal and n != n_keys:
+        raise ValueError(f"causal attention needs q and k of one length, got Tq={n} and Tk={n_keys}")
+    if n == 0 or n_keys == 0:
+        return xp.zeros((*q.shape[:-3], q.shape[-2], n, n_keys), dtype=out_dtype, device=device_of(q))
 
-    allowed = xp.ones((n, n), dtype=xp.bool, device=device_of(q))  # [T(t), T(s)]: s in S(t)
+    allowed = xp.ones((n, n_keys), dtype=xp.bool, device=device_of(q))  # [Tq(t), Tk(s)]: s in S(t)
     if causal:
         positions = xp.arange(n, device=device_of(q))
         allowed = positions[:, None] >= positions[None, :]
     if mask is not None:
         allowed = allowed & mask[..., None, :] & mask[..., :, None]  # [..., T, T]
-    allowed = allowed[..., None, None, :, :]  # [..., 1, 1, T, T]
+    if key_mask is not None:
+        allowed = allowed & key_mask[..., None, :]  # [..., Tq, Tk]
+    allowed = allowed[..., None, None, :, :]  # [..., 1, 1, Tq, Tk]
 
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
     keys = xp.moveaxis(k, -3, -1)[..., None, :]  # [..., H, L, 1, T(s)]
@@ -69,19 +80,26 @@ def attention_matrix(q: Array, k: Array, *, causal: bool, mask: Array | None = N
     return xp.astype(a, out_dtype)
 
 
-def definition(q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None = None) -> Array:
+def definition(
+    q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None = None, key_mask: Array | None = None
+) -> Array:
     r"""Latte from its definition: :math:`y_t = \sum_s p(s \mid t)\, v_s`, with the matrix of :func:`attention_matrix`.
 
     Parameters
     ----------
-    q, k : array, shape (..., T, H, L)
-    v : array, shape (..., T, H, D)
+    q : array, shape (..., Tq, H, L)
+    k : array, shape (..., Tk, H, L)
+        Tk = Tq for self-attention; any Tk for cross-attention (bidirectional only).
+    v : array, shape (..., Tk, H, D)
     causal : bool
     mask : bool array, shape (..., T), optional
+        True for a real token (needs Tq = Tk): padded tokens are no key and get output 0.
+    key_mask : bool array, shape (..., Tk), optional
+        True for a key that takes part.
 
     Returns
     -------
-    y : array, shape (..., T, H, D)
+    y : array, shape (..., Tq, H, D)
 
     Examples
     --------
@@ -90,11 +108,12 @@ def definition(q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None
     >>> bool(np.allclose(latte_ref.definition(q, k, v, causal=False), latte_ref.bidirectional(q, k, v)))
     True
     """
-    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask)
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
     check_flag("causal", causal)
-    a = attention_matrix(q, k, causal=causal, mask=mask)  # [..., H, T, T]
-    if mask is not None:
-        v = xp.where(mask[..., None, None], v, xp.zeros_like(v))  # a padded value is never read
+    a = attention_matrix(q, k, causal=causal, mask=mask, key_mask=key_mask)  # [..., H, Tq, Tk]
+    keys = keys_taking_part(mask, key_mask)
+    if keys is not None:
+        v = xp.where(keys[..., None, None], v, xp.zeros_like(v))  # a left-out value is never read
     v_htd = xp.moveaxis(v, -3, -2)  # [..., H, T, D]
     y = causal_weighted_sum(xp, a, v_htd) if causal else a @ v_htd  # a nan v_s reaches only rows that read s
     return xp.astype(xp.moveaxis(y, -2, -3), out_dtype)

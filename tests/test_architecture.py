@@ -24,6 +24,7 @@ LAYERS = {
     "model": 4,
     "explain": 4,
     "parallel": 5,
+    "layers": 5,
     "backends": 6,
     "testing": 6,
     "commands": 7,

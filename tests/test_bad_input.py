@@ -84,12 +84,24 @@ BAD = [
         "q and k of different L", lambda i: latte_ref.causal(i.q, i.a((B, T, H, L + 1)), i.v), ValueError, ("q and k",)
     ),
     Bad(
-        "q and k of different T",
-        lambda i: latte_ref.definition(i.q, i.a((B, T + 1, H, L)), i.v, causal=True),
+        "q and k of different T, causal",  # cross-attention (Tq != Tk) is bidirectional only
+        lambda i: latte_ref.definition(i.q, i.a((B, T + 1, H, L)), i.a((B, T + 1, H, D)), causal=True),
         ValueError,
         ("q and k",),
     ),
     Bad("v of another T", lambda i: latte_ref.bidirectional(i.q, i.k, i.a((B, T + 1, H, D))), ValueError, ("v",)),
+    Bad(
+        "mask with q and k of different T",
+        lambda i: latte_ref.bidirectional(i.q, i.a((B, T + 1, H, L)), i.a((B, T + 1, H, D)), mask=i.mask),
+        ValueError,
+        ("key_mask",),
+    ),
+    Bad(
+        "key_mask of the wrong length",
+        lambda i: latte_ref.bidirectional(i.q, i.k, i.v, key_mask=i.a((B, T + 1)) > 0),
+        ValueError,
+        ("key_mask",),
+    ),
     Bad("v of another H", lambda i: latte_ref.recurrent(i.q, i.k, i.a((B, T, H + 1, D))), ValueError, ("v",)),
     Bad("v of another batch", lambda i: latte_ref.causal(i.q, i.k, i.a((B + 1, T, H, D))), ValueError, ("v",)),
     Bad(

@@ -36,7 +36,13 @@ def doctests() -> list[doctest.DocTest]:
     finder = doctest.DocTestFinder(exclude_empty=True)
     found = []
     for name in module_names():
-        found += [test for test in finder.find(importlib.import_module(name)) if test.examples]
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            if name.startswith("latte_ref.layers."):  # a framework's layer, where that framework is not installed
+                continue
+            raise
+        found += [test for test in finder.find(module) if test.examples]
     return sorted(found, key=lambda test: test.name)
 
 
@@ -73,5 +79,11 @@ def test_docstring_examples(test: doctest.DocTest) -> None:
 def test_every_module_is_seen() -> None:
     """The walk reaches the adapters and the subpackages, so no module's examples are silently left out."""
     names = module_names()
-    for expected in ("latte_ref.backends.dask", "latte_ref.parallel.jax", "latte_ref.testing.references.native_torch"):
+    for expected in (
+        "latte_ref.backends.dask",
+        "latte_ref.parallel.jax",
+        "latte_ref.testing.references.native_torch",
+        "latte_ref.layers.torch",
+        "latte_ref.layers.flax",
+    ):
         assert expected in names

@@ -62,3 +62,29 @@ def test_masked_layer_reproduces_the_authors_outputs(case64, name, form):
     y = case64.numpy(y)
     assert relative_error(y[real], g["y_bidirectional_masked"][real]) <= TOLERANCE
     np.testing.assert_array_equal(y[~real], 0.0)  # the authors' code writes something there; we write 0
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("wrapped", [False, True], ids=["module-params", "init-output"])
+def test_from_authors_round_trip(case64, name, wrapped):
+    """The authors' parameter dict (Wq, Wk, Wv, o_proj) loads as LatteParams and reproduces their outputs."""
+    g = _load(name)
+    authors = {"Wq": g["wq"], "Wk": g["wk"], "Wv": g["wv"], "o_proj": g["wo"]}
+    authors = {key: case64.array(w) for key, w in authors.items()}
+    params = latte_ref.LatteParams.from_authors({"params": authors} if wrapped else authors, n_heads=int(g["n_heads"]))
+    real = g["mask"] > 0
+    x = case64.array(g["x"])
+    for causal, expected in ((False, g["y_bidirectional"]), (True, g["y_causal"])):
+        y = latte_ref.latte_attention(x, params, causal=causal)
+        assert relative_error(case64.numpy(y), expected) <= TOLERANCE
+    y = case64.numpy(latte_ref.latte_attention(x, params, causal=False, mask=case64.array(real)))
+    assert relative_error(y[real], g["y_bidirectional_masked"][real]) <= TOLERANCE
+
+
+def test_from_authors_names_what_is_missing():
+    with pytest.raises(KeyError, match="o_proj"):
+        latte_ref.LatteParams.from_authors(
+            {"Wq": np.ones((4, 2)), "Wk": np.ones((4, 2)), "Wv": np.ones((4, 4))}, n_heads=2
+        )
+    with pytest.raises(TypeError, match="mapping"):
+        latte_ref.LatteParams.from_authors([1, 2], n_heads=2)

@@ -7,6 +7,7 @@ pytest or a framework: the test suite turns :func:`matrix` into parameters.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,8 @@ def missing_framework(code: str) -> str | None:
     True
     """
     for module in _imported_modules(code):
+        if module in ("flax", "optax") and importlib.util.find_spec(module) is None:  # the flax extra, no backend
+            return f"{module} is not installed (pip install -e '.[flax]')"
         name = FRAMEWORKS.get(module)
         if name is not None:
             reason = backends.get_backend(name).unavailable_reason()
