@@ -30,6 +30,7 @@ from .state import LatteState
 __all__ = [
     "Form",
     "LatteParams",
+    "apply_layer",
     "check_form",
     "init_params",
     "latte_attention",
@@ -348,6 +349,36 @@ def stream(
     v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
     y, state_after = causal_form(q, k, v, mask=mask, state=state, return_state=True)
     return merge_heads(xp, y, params.wo), state_after
+
+
+def apply_layer(
+    x: Array,
+    params: LatteParams,
+    *,
+    causal: bool,
+    mask: Array | None = None,
+    state: LatteState | None = None,
+    return_state: bool = False,
+    context: Array | None = None,
+    context_mask: Array | None = None,
+) -> Array | tuple[Array, LatteState]:
+    """What a framework layer's forward computes (:mod:`latte_ref.layers`): one of the three uses of the layer.
+
+    With ``context`` (B, Tk, d_model): cross-attention (``causal=False``, no state). With
+    ``state`` or ``return_state``: :func:`stream` (``causal=True``). Otherwise
+    :func:`latte_attention`. Returns y (..., T, d_model), and the state after x when
+    ``return_state``.
+    """
+    if context is not None or context_mask is not None:
+        if causal or state is not None or return_state:
+            raise ValueError("context (cross-attention) needs causal=False and no state")
+        return latte_attention(x, params, causal=False, mask=mask, context=context, context_mask=context_mask)
+    if state is None and not return_state:
+        return latte_attention(x, params, causal=causal, mask=mask)
+    if not causal:
+        raise ValueError("state and return_state exist only for causal=True")
+    y, state_after = stream(x, params, mask=mask, state=state)
+    return (y, state_after) if return_state else y
 
 
 def check_form(form: object, causal: bool) -> None:

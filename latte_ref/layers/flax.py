@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .._layer import LatteParams, latte_attention, register_jax_pytree, stream
+from .._layer import LatteParams, apply_layer, register_jax_pytree
 from ..state import LatteState
 
 __all__ = ["LatteAttention"]
@@ -101,17 +101,16 @@ class LatteAttention(nnx.Module):
         :func:`latte_ref.causal`; ``context`` (B, Tk, d_model) and ``context_mask`` (B, Tk) for
         cross-attention with ``causal=False``.
         """
-        params = self.to_params()
-        if context is not None or context_mask is not None:
-            if self.causal or state is not None or return_state:
-                raise ValueError("context (cross-attention) needs causal=False and no state")
-            return latte_attention(x, params, causal=False, mask=mask, context=context, context_mask=context_mask)
-        if state is None and not return_state:
-            return latte_attention(x, params, causal=self.causal, mask=mask)
-        if not self.causal:
-            raise ValueError("state and return_state exist only for causal=True")
-        y, state_after = stream(x, params, mask=mask, state=state)
-        return (y, state_after) if return_state else y
+        return apply_layer(
+            x,
+            self.to_params(),
+            causal=self.causal,
+            mask=mask,
+            state=state,
+            return_state=return_state,
+            context=context,
+            context_mask=context_mask,
+        )
 
     def __repr__(self) -> str:
         # One line, as the torch layer prints (NNX's own repr lists every parameter).

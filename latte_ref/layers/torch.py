@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._layer import LatteParams, latte_attention, stream
+from .._layer import LatteParams, apply_layer
 from ..state import LatteState
 
 __all__ = ["LatteAttention"]
@@ -122,17 +122,16 @@ class LatteAttention(nn.Module):
         y : tensor, shape (B, T, d_model)
             Or ``(y, state)`` when ``return_state``.
         """
-        params = self.to_params()
-        if context is not None or context_mask is not None:
-            if self.causal or state is not None or return_state:
-                raise ValueError("context (cross-attention) needs causal=False and no state")
-            return latte_attention(x, params, causal=False, mask=mask, context=context, context_mask=context_mask)
-        if state is None and not return_state:
-            return latte_attention(x, params, causal=self.causal, mask=mask)
-        if not self.causal:
-            raise ValueError("state and return_state exist only for causal=True")
-        y, state_after = stream(x, params, mask=mask, state=state)
-        return (y, state_after) if return_state else y
+        return apply_layer(
+            x,
+            self.to_params(),
+            causal=self.causal,
+            mask=mask,
+            state=state,
+            return_state=return_state,
+            context=context,
+            context_mask=context_mask,
+        )
 
     def to_params(self) -> LatteParams:
         """The layer's weights as :class:`latte_ref.LatteParams` of its parameters (gradients flow through them)."""
