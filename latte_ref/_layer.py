@@ -165,16 +165,15 @@ _registered = False
 def register_jax_pytree() -> None:
     """Make :class:`LatteParams` a JAX pytree (weights the leaves, ``n_heads`` static); idempotent.
 
-    JAX is imported here only, and this runs only once JAX is already imported: when
-    ``latte_ref`` is imported after JAX, when a ``LatteParams`` is made after JAX was
-    imported, and when :mod:`latte_ref.layers.flax` is imported. So importing
-    latte_ref alone never imports JAX, and every ``LatteParams`` that can meet a JAX
-    transformation is already registered.
+    It uses the JAX that the caller has already imported, and does nothing where none is:
+    it runs when ``latte_ref`` is imported after JAX, when a ``LatteParams`` is made after
+    JAX was imported, and when :mod:`latte_ref.layers.flax` is imported. So the core never
+    imports JAX, and every ``LatteParams`` that can meet a JAX transformation is registered.
     """
     global _registered
-    if _registered:
+    jax = sys.modules.get("jax")
+    if _registered or jax is None:
         return
-    import jax
 
     def flatten(p: LatteParams) -> tuple[tuple[tuple[Any, Array], ...], int]:
         return tuple((jax.tree_util.GetAttrKey(n), getattr(p, n)) for n in ("wq", "wk", "wv", "wo")), p.n_heads
