@@ -20,6 +20,7 @@ from .bidirectional import bidirectional
 from .causal import DEFAULT_CHUNK_SIZE, causal
 from .definition import attention_matrix, definition
 from .recurrent import recurrent, step
+from .segments import segment_ids_from_cu_seqlens
 from .state import LatteState, combine, init_state
 
 if "jax" in sys.modules:  # JAX is already there: LatteParams becomes a pytree now (never imports JAX itself)
@@ -49,5 +50,6 @@ __all__ = [
     "init_state",
     "latte_attention",
     "recurrent",
+    "segment_ids_from_cu_seqlens",
     "step",
 ]

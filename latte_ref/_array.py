@@ -35,6 +35,7 @@ __all__ = [
     "safe_divide",
     "same_device",
     "softmax",
+    "weighted_sum_where",
 ]
 
 Array = Any
@@ -301,6 +302,26 @@ def causal_weighted_sum(xp: Any, weights: Array, v: Array) -> Array:
     finite = xp.isfinite(v)
     y = weights @ xp.where(finite, v, xp.zeros_like(v))
     return y + xp.cumulative_sum(xp.where(finite, xp.zeros_like(v), v), axis=-2)
+
+
+def weighted_sum_where(xp: Any, weights: Array, v: Array, reads: Array) -> Array:
+    """``weights @ v`` for weights that are 0 where ``reads`` is False: a non-finite ``v[s]`` reaches rows reading s.
+
+    The generalisation of :func:`causal_weighted_sum` to any pattern (causal within packed
+    segments, say). The finite part is the plain product; the non-finite entries are
+    counted per row with products of 0/1 matrices, which are exact, and added back as the
+    nan or infinity they make: nan for any nan, or for +inf meeting -inf.
+    weights: (..., T, S); v: (..., S, D); reads: bool (..., T, S), broadcasting against weights.
+    """
+    finite = xp.isfinite(v)
+    y = weights @ xp.where(finite, v, xp.zeros_like(v))
+    d = v.shape[-1]
+    kinds = xp.concat([xp.isnan(v), v == xp.inf, v == -xp.inf], axis=-1)  # [..., S, 3D]
+    counts = xp.astype(reads, v.dtype) @ xp.astype(kinds, v.dtype)  # [..., T, 3D]
+    has_nan, has_inf, has_minus_inf = counts[..., :d] > 0, counts[..., d : 2 * d] > 0, counts[..., 2 * d :] > 0
+    zero = xp.zeros_like(y)
+    extra = xp.where(has_inf, xp.full_like(y, xp.inf), zero) + xp.where(has_minus_inf, xp.full_like(y, -xp.inf), zero)
+    return y + xp.where(has_nan, xp.full_like(y, xp.nan), extra)
 
 
 def finite_or_zero(xp: Any, running_max: Array) -> Array:

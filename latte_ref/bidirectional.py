@@ -15,6 +15,8 @@ from ._array import (
     output_buffer,
 )
 from ._dispatch import sequence_parallel
+from .causal import causal, prefix_max
+from .segments import check_segment_ids, segment_index
 from .state import combine, read_queries, summarise
 
 __all__ = ["BLOCK_TOKENS", "bidirectional"]
@@ -23,7 +25,15 @@ BLOCK_TOKENS = 16_384
 """Tokens summarised, and read, at a time: memory beyond the output stays that of one block."""
 
 
-def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None, key_mask: Array | None = None) -> Array:
+def bidirectional(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mask: Array | None = None,
+    key_mask: Array | None = None,
+    segment_ids: Array | None = None,
+) -> Array:
     r"""Bidirectional latent attention in O(T·L·D), self- or cross-attention.
 
     .. math::
@@ -50,6 +60,9 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None, ke
         True for a real token of the one sequence (needs Tq = Tk). Padded tokens are no key and get output 0.
     key_mask : bool array, shape (..., Tk), optional
         True for a key that takes part. Excluded keys are read by no query; every query keeps its output.
+    segment_ids : integer array, shape (..., T), optional
+        The document of each token of a packed row, never decreasing along T (needs Tq = Tk): a token
+        attends to the whole of its own document and to nothing else (see :func:`_packed`).
 
     Returns
     -------
@@ -75,6 +88,11 @@ def bidirectional(q: Array, k: Array, v: Array, *, mask: Array | None = None, ke
     """
     xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
     n_queries, n_keys = q.shape[-3], k.shape[-3]
+    if segment_ids is not None:
+        if n_queries != n_keys:
+            raise ValueError(f"segment_ids needs q and k of one length, got Tq={n_queries} and Tk={n_keys}")
+        starts = check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
+        return xp.astype(_packed(xp, q, k, v, keys_taking_part(mask, key_mask), mask, starts), out_dtype, copy=False)
     if n_queries == 0:
         return xp.zeros((*q.shape[:-1], v.shape[-1]), dtype=out_dtype, device=device_of(q))
     if is_dask_array(q) and key_mask is None and n_queries == n_keys:
@@ -122,3 +140,41 @@ def _keys_and_values(xp: Any, k: Array, v: Array, mask: Array | None, block: sli
     """The block's keys and values, padding made no key (k = -inf, v = 0)."""
     k, v = k[..., block, :, :], v[..., block, :, :]
     return (k, v) if mask is None else mask_keys_and_values(xp, mask[..., block], k, v)
+
+
+def _packed(xp: Any, q: Array, k: Array, v: Array, keys: Array | None, mask: Array | None, starts: Array) -> Array:
+    """Bidirectional Latte over packed segments, as causal Latte over the keys and then the queries of each.
+
+    A segment's queries all read one state, that of all its keys. Lay the 2T tokens out as
+    [keys of segment 1, queries of segment 1, keys of segment 2, queries of segment 2, ...],
+    with the query copies adding nothing to the state (k = -inf): causally, every query copy
+    then reads exactly its segment's keys. The chunkwise causal form evaluates that in
+    O(T·L·(C + D)), exact for any logits, and its segmented scan keeps the segments apart.
+
+    q, k: (..., T, H, L); v: (..., T, H, D); keys, mask: (..., T) or None; starts: (..., T) -> y (..., T, H, D).
+    """
+    n = q.shape[-3]
+    if n == 0:
+        return xp.zeros((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=device_of(q))
+    if keys is not None:
+        k, v = mask_keys_and_values(xp, keys, k, v)
+    positions = xp.arange(n, device=device_of(q))
+    first = prefix_max(xp, xp.where(starts, positions, 0), axis=-1)  # [..., T]: where t's segment begins
+    ends = xp.concat([starts[..., 1:], xp.ones_like(starts[..., :1])], axis=-1)  # t is its segment's last token
+    last = (n - 1) - xp.flip(prefix_max(xp, xp.where(xp.flip(ends, axis=-1), positions, 0), axis=-1), axis=-1)
+    # Token t of segment [b, e) has its key copy at b + t and its query copy at e + t.
+    places = xp.concat([positions + first, positions + last + 1], axis=-1)  # [..., 2T]
+    order = xp.argsort(places, axis=-1)[..., None, None]  # [..., 2T, 1, 1]: which copy lies at each place
+
+    def laid_out(as_key: Array, as_query: Array) -> Array:
+        return xp.take_along_axis(xp.concat([as_key, as_query], axis=-3), order, axis=-3)
+
+    segment = segment_index(xp, starts)  # [..., T]
+    y = causal(
+        laid_out(q, q),
+        laid_out(k, xp.full_like(k, -xp.inf)),
+        laid_out(v, xp.zeros_like(v)),
+        segment_ids=xp.take_along_axis(xp.concat([segment, segment], axis=-1), order[..., 0, 0], axis=-1),
+    )
+    y = xp.take_along_axis(y, (positions + last + 1)[..., None, None], axis=-3)  # the query copies' outputs
+    return y if mask is None else xp.where(mask[..., None, None], y, xp.zeros_like(y))

@@ -27,7 +27,7 @@ sequence-parallel graph, whose tasks run this function on NumPy blocks.)
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import is_dask_array, is_lazy_array, is_writeable_array
 
@@ -44,8 +44,10 @@ from ._array import (
     output_buffer,
     safe_divide,
     softmax,
+    weighted_sum_where,
 )
 from ._dispatch import sequence_parallel
+from .segments import check_segment_ids
 from .state import LatteState, check_state, empty_state
 
 __all__ = ["BLOCK_TOKENS", "DEFAULT_CHUNK_SIZE", "causal", "causal_chunk", "factoring_bound"]
@@ -70,6 +72,7 @@ def causal(
     v: Array,
     *,
     mask: Array | None = None,
+    segment_ids: Array | None = None,
     chunk_size: int | None = None,
     state: LatteState | None = None,
     return_state: bool = False,
@@ -97,12 +100,16 @@ def causal(
         Values.
     mask : bool array, shape (..., T), optional
         True for a real token. Padded tokens leave the state unchanged and get output 0.
+    segment_ids : integer array, shape (..., T), optional
+        The document of each token of a packed row, never decreasing along T: a token attends only to
+        the tokens of its own document (see :mod:`latte_ref.segments`).
     chunk_size : int, optional
         Tokens per chunk, C; :data:`DEFAULT_CHUNK_SIZE` when omitted. T need not be a multiple.
     state : LatteState, optional
         The state after the tokens that precede this call's (an empty history when omitted).
+        With ``segment_ids``, it is the history of the call's first segment.
     return_state : bool
-        Also return the state after the last token.
+        Also return the state after the last token (which belongs to the last segment).
 
     Returns
     -------
@@ -119,16 +126,37 @@ def causal(
     >>> y, state = latte_ref.causal(q, k, v, chunk_size=16, return_state=True)
     >>> bool(np.allclose(y, latte_ref.recurrent(q, k, v)))
     True
+
+    Two documents packed in one row, of 60 and 40 tokens, and a stream cut inside the second:
+    the state after the first call is the history of the second call's first segment.
+
+    >>> ids = latte_ref.segment_ids_from_cu_seqlens([0, 60, 100])
+    >>> packed = latte_ref.causal(q, k, v, segment_ids=ids)
+    >>> bool(np.allclose(packed[60:], latte_ref.causal(q[60:], k[60:], v[60:])))
+    True
+    >>> head, state = latte_ref.causal(q[:80], k[:80], v[:80], segment_ids=ids[:80], return_state=True)
+    >>> tail = latte_ref.causal(q[80:], k[80:], v[80:], segment_ids=ids[80:], state=state)
+    >>> bool(np.allclose(np.concatenate([head, tail]), packed))
+    True
     """
     xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask)
     check_flag("return_state", return_state)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
     if state is not None:
         state = check_state(xp, state, q, v, dtype)
+    starts = None if segment_ids is None else check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
     if is_dask_array(q):
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
         return sequence_parallel("dask").causal(
-            q, k, v, mask=mask, chunk_size=chunk_size, state=state, return_state=return_state, out_dtype=out_dtype
+            q,
+            k,
+            v,
+            mask=mask,
+            segment_ids=segment_ids,
+            chunk_size=chunk_size,
+            state=state,
+            return_state=return_state,
+            out_dtype=out_dtype,
         )
     if state is None:
         state = empty_state(xp, q, v, dtype)
@@ -139,7 +167,13 @@ def causal(
     pieces = []
     for block, size in _blocks(q.shape[-3], chunk_size, traced=is_lazy_array(q)):
         y_block, state = causal_block(
-            xp, q[..., block, :, :], k[..., block, :, :], v[..., block, :, :], state, chunk_size=size
+            xp,
+            q[..., block, :, :],
+            k[..., block, :, :],
+            v[..., block, :, :],
+            state,
+            chunk_size=size,
+            starts=None if starts is None else starts[..., block],
         )
         if y is None:
             pieces.append(y_block)
@@ -177,12 +211,51 @@ def factoring_bound(xp: Any, dtype: Any) -> float:
     return -math.log(float(info.smallest_normal)) + 3 * math.log(float(info.eps))
 
 
+class Pieces(NamedTuple):
+    """Where packed segments cut the chunks: a chunk splits into pieces, each of one segment.
+
+    Tokens of different pieces never meet inside a chunk; only the first piece
+    continues the history before the chunk, and only the last one reaches the state
+    after it. Shapes, for N chunks of C tokens:
+
+    reads      (..., N, C(t), C(s))  bool   s <= t, in t's piece
+    continues  (..., N, C)           bool   t's piece began before the chunk
+    in_last    (..., N, C)           bool   t is in the chunk's last piece
+    restarts   (..., N)              bool   a segment starts in the chunk: the state before it is dropped
+    """
+
+    reads: Array
+    continues: Array
+    in_last: Array
+    restarts: Array
+
+    @classmethod
+    def of(cls, xp: Any, starts: Array) -> Pieces:
+        """The pieces of chunks from ``starts`` (..., N, C), True where a token begins a segment."""
+        index = xp.cumulative_sum(xp.astype(starts, xp.int32), axis=-1)  # [..., N, C]: piece of each token
+        lower = _lower_triangle(xp, starts.shape[-1], xp.bool, device_of(starts))
+        return cls(
+            reads=(index[..., :, None] == index[..., None, :]) & lower,
+            continues=index == 0,
+            in_last=index == index[..., -1:],
+            restarts=index[..., -1] > 0,
+        )
+
+    def take(self, xp: Any, chunks: list[int]) -> Pieces:
+        """The listed chunks' pieces."""
+        (reads,) = _take_chunks(xp, chunks, self.reads, axis=-3)
+        continues, in_last = _take_chunks(xp, chunks, self.continues, self.in_last, axis=-2)
+        (restarts,) = _take_chunks(xp, chunks, self.restarts, axis=-1)
+        return Pieces(reads, continues, in_last, restarts)
+
+
 def causal_block(
-    xp: Any, q: Array, k: Array, v: Array, state: LatteState, *, chunk_size: int
+    xp: Any, q: Array, k: Array, v: Array, state: LatteState, *, chunk_size: int, starts: Array | None = None
 ) -> tuple[Array, LatteState]:
     """N = T / C whole chunks at once, after the history ``state``: y (..., T, H, D) and the state after.
 
-    q, k: (..., T, H, L) (k is -inf for padding); v: (..., T, H, D); T a multiple of C.
+    q, k: (..., T, H, L) (k is -inf for padding); v: (..., T, H, D); T a multiple of C;
+    starts: (..., T) bool, True where a packed segment begins, or None.
     Per chunk n and latent l, with M_n the running max at the chunk's end and
     R_n = max(M_{n-1}, k_first) the running max at its first token::
 
@@ -193,46 +266,52 @@ def causal_block(
 
     R_n, unlike M_n, depends on no token after the chunk's first, so no output
     depends on a later token, not even in its last bit.
+
+    With packed segments the same holds piece by piece (see :class:`Pieces`): every
+    piece has its own reference, the running max at its first token; the sums over
+    s <= t keep to t's piece; c_n reaches the first piece only; S_n holds the last
+    piece only, and d_n = 0 where a segment starts, so the scan of the states starts
+    again there (a segmented scan).
     """
     shape = tuple(k.shape)
     n_chunks = shape[-3] // chunk_size
     q, k = (xp.reshape(a, (*shape[:-3], n_chunks, chunk_size, *shape[-2:])) for a in (q, k))  # [..., N, C, H, L]
     v = xp.reshape(v, (*shape[:-3], n_chunks, chunk_size, v.shape[-2], v.shape[-1]))  # [..., N, C, H, D]
+    pieces = None if starts is None else Pieces.of(xp, xp.reshape(starts, (*shape[:-3], n_chunks, chunk_size)))
     traced = is_lazy_array(q)
 
-    running_max = xp.maximum(prefix_max(xp, xp.max(k, axis=-3), axis=-3), state.running_max[..., None, :, :])  # M_n
-    max_before = xp.concat([state.running_max[..., None, :, :], running_max[..., :-1, :, :]], axis=-3)  # M_{n-1}
-    entry_max = xp.maximum(max_before, k[..., 0, :, :])  # R_n, [..., N, H, L]
-    decay = xp.exp(max_before - finite_or_zero(xp, running_max))  # d_n <= 1, and 0 for an empty history
+    k_last, v_last = _last_piece(xp, pieces, k, v)  # what reaches the state after each chunk
+    running_max, max_before, decay = _chunk_maxima(xp, k_last, state, pieces)  # M_n, M_{n-1}, d_n
 
     if traced:  # values unknown: every chunk by the per-token form
-        before, after = _carry(xp, state, max_before, decay, _summaries(xp, k, v, running_max), traced=True)
-        y, _ = causal_chunk(xp, q, k, v, before)
+        before, after = _carry(xp, state, max_before, decay, _summaries(xp, k_last, v_last, running_max), traced=True)
+        y, _ = causal_chunk(xp, q, k, v, before, pieces=pieces)
         return xp.reshape(y, (*shape[:-1], v.shape[-1])), after
 
+    entry_max = _entry_max(xp, k, max_before, pieces)  # R: [..., N, 1, H, L], or per token [..., N, C, H, L]
     bound = factoring_bound(xp, k.dtype)
     reference = finite_or_zero(xp, entry_max)
-    # Suspect chunks: a key more than `bound` above R_n, or a non-finite key or value (a nan compares False).
+    # Suspect chunks: a key more than `bound` above R, or a non-finite key or value (a nan compares False).
     # Flags are per batch element and chunk, so that one sequence's inputs never change another's path.
     # (A sum is non-finite when any term is, or when it overflows: then the chunk is only suspected needlessly.)
-    suspect = ~xp.all(running_max <= entry_max + bound, axis=(-2, -1)) | ~xp.isfinite(xp.sum(v, axis=(-3, -2, -1)))
+    if pieces is None:
+        keys_in_bounds = xp.all(running_max <= entry_max[..., 0, :, :] + bound, axis=(-2, -1))
+    else:  # pieces have references of their own: every key is checked against its own
+        keys_in_bounds = ~xp.any(_out_of_bounds(xp, k, entry_max, bound), axis=(-3, -2, -1))
+    suspect = ~keys_in_bounds | ~xp.isfinite(xp.sum(v, axis=(-3, -2, -1)))
     suspects = _indices(xp, _any_but_chunks(xp, suspect))
     k_in, v_in = k, v
     if suspects:  # leave the offending tokens out of the factored pass; the tokens after them are redone below
         k_in = xp.where(_out_of_bounds(xp, k, entry_max, bound), -xp.inf, k)
         v_in = xp.where(xp.isfinite(v), v, xp.zeros_like(v))
-    weights = xp.exp(k_in - reference[..., None, :, :])  # [..., N, C, H, L], at most exp(bound)
-    w_hlc = xp.moveaxis(weights, -3, -1)  # [..., N, H, L, C]
-    v_hcd = xp.moveaxis(v_in, -3, -2)  # [..., N, H, C, D]
-    # Each chunk's own state from the same weights, moved to the frame of M_n by exp(R_n - M_n) <= 1.
-    to_end = xp.exp(xp.minimum(reference - finite_or_zero(xp, running_max), 0.0))  # [..., N, H, L]
-    local = LatteState(running_max, to_end * xp.sum(weights, axis=-3), to_end[..., None] * (w_hlc @ v_hcd))
+    weights = xp.exp(k_in - reference)  # [..., N, C, H, L], at most exp(bound)
+    local = _local_summaries(xp, weights, v_in, reference[..., -1, :, :], running_max, pieces)
     # Suspects, and chunks whose summary overflowed (values near the dtype's largest), are summarised again.
     resummarise = suspect | ~xp.isfinite(xp.sum(local.numerator, axis=(-3, -2, -1)))  # [..., N]
     chunks = _indices(xp, _any_but_chunks(xp, resummarise))
     if chunks:
         (m_chunks, again) = _take_chunks(xp, chunks, running_max, resummarise[..., None, None], axis=-3)
-        k_chunks, v_chunks = _take_chunks(xp, chunks, k, v)
+        k_chunks, v_chunks = _take_chunks(xp, chunks, k_last, v_last)
         exact = _summaries(xp, k_chunks, v_chunks, m_chunks)
         fast = _take_state(xp, chunks, local)
         local = LatteState(
@@ -242,45 +321,122 @@ def causal_block(
         )
     before, after = _carry(xp, state, max_before, decay, local, traced=False)
 
-    # Only a chunk that starts with no history (R_n = -inf) can hold tokens that have none, or one whose
+    # Only a piece that starts with no history (R = -inf) can hold tokens that have none, or one whose
     # offending keys were left out (the tokens after them are redone, but must not divide by 0 meanwhile).
     any_empty = bool(suspects) or not bool(xp.all(entry_max != -xp.inf))
-    y = _factored(
-        xp, q, weights, v_in, before, xp.exp(max_before - reference), any_empty=any_empty
-    )  # [..., N, C, H, D]
+    # c_n = exp(M_{n-1} - R_n) rescales the history for the first piece; 0 where the chunk begins a segment.
+    history_max = max_before if pieces is None else xp.where(pieces.continues[..., 0, None, None], max_before, -xp.inf)
+    carried = xp.exp(history_max - reference[..., 0, :, :])  # [..., N, H, L]
+    y = _factored(xp, q, weights, v_in, before, carried, pieces, any_empty=any_empty)  # [..., N, C, H, D]
     if suspects:  # from a chunk's first offending token on, the per-token form
         q_s, k_s, v_s = _take_chunks(xp, suspects, q, k, v)
-        (r_s,) = _take_chunks(xp, suspects, entry_max, axis=-3)
+        (r_s,) = _take_chunks(xp, suspects, entry_max)
         token_out = xp.any(_out_of_bounds(xp, k_s, r_s, bound), axis=-1) | ~xp.all(xp.isfinite(v_s), axis=-1)
         from_first_out = xp.cumulative_sum(xp.astype(token_out, xp.int32), axis=-2) > 0  # [..., n, C, H]
-        per_token, _ = causal_chunk(xp, q_s, k_s, v_s, _take_state(xp, suspects, before))
+        pieces_s = None if pieces is None else pieces.take(xp, suspects)
+        per_token, _ = causal_chunk(xp, q_s, k_s, v_s, _take_state(xp, suspects, before), pieces=pieces_s)
         (factored,) = _take_chunks(xp, suspects, y)
         y = _put_chunks(xp, y, suspects, xp.where(from_first_out[..., None], per_token, factored))
     return xp.reshape(y, (*shape[:-1], v.shape[-1])), after
 
 
-def _out_of_bounds(xp: Any, k: Array, entry_max: Array, bound: float) -> Array:
-    """Keys the factored form cannot take: non-finite or more than ``bound`` above R_n (padding, -inf, is fine).
+def _last_piece(xp: Any, pieces: Pieces | None, k: Array, v: Array) -> tuple[Array, Array]:
+    """k and v (..., N, C, H, ·) with the tokens outside each chunk's last piece left out (k = -inf, v = 0)."""
+    if pieces is None:
+        return k, v
+    last = pieces.in_last[..., None, None]  # [..., N, C, 1, 1]
+    return xp.where(last, k, -xp.inf), xp.where(last, v, xp.zeros_like(v))
 
-    k: (..., N, C, H, L), entry_max R_n: (..., N, H, L) -> bool (..., N, C, H, L).
+
+def _chunk_maxima(xp: Any, k_last: Array, state: LatteState, pieces: Pieces | None) -> tuple[Array, Array, Array]:
+    """M_n and M_{n-1}, the running maxima after and before each chunk, and the decay d_n: (..., N, H, L) each.
+
+    k_last: the keys that reach the state after their chunk (the last piece's). M_n is a
+    prefix max over the chunks, started again where a segment starts; d_n = exp(M_{n-1} - M_n),
+    and 0 where the chunk's last piece does not continue the history (nothing before it reaches it).
     """
-    return (k != -xp.inf) & ~(k <= entry_max[..., None, :, :] + bound)
+    chunk_max = xp.max(k_last, axis=-3)  # [..., N, H, L]
+    history = state.running_max[..., None, :, :]
+    if pieces is None:
+        running_max = xp.maximum(prefix_max(xp, chunk_max, axis=-3), history)
+    else:
+        restarts = pieces.restarts[..., None, None]  # [..., N, 1, 1]
+        running_max, started = segmented_prefix_max(xp, chunk_max, restarts, axis=-3)
+        running_max = xp.where(started, running_max, xp.maximum(running_max, history))
+    max_before = xp.concat([history, running_max[..., :-1, :, :]], axis=-3)
+    reached = max_before if pieces is None else xp.where(restarts, -xp.inf, max_before)
+    decay = xp.exp(reached - finite_or_zero(xp, running_max))  # <= 1, and 0 for an empty or dropped history
+    return running_max, max_before, decay
+
+
+def _entry_max(xp: Any, k: Array, max_before: Array, pieces: Pieces | None) -> Array:
+    """R, the running max at the first token of each piece: (..., N, 1, H, L), or (..., N, C, H, L) per token.
+
+    Without segments a chunk is one piece and R_n = max(M_{n-1}, k_first). With them, a
+    piece that begins inside the chunk starts a segment, so its R is its first key.
+    """
+    if pieces is None:
+        return xp.maximum(max_before, k[..., 0, :, :])[..., None, :, :]
+    chunk_size = k.shape[-3]
+    positions = xp.arange(chunk_size, device=device_of(k))
+    # Each token's piece begins at the first position it reads: the smallest s with reads[t, s].
+    first = xp.min(xp.where(pieces.reads, positions, chunk_size), axis=-1)  # [..., N, C]
+    first_key = xp.take_along_axis(k, xp.astype(first, xp.int64)[..., None, None], axis=-3)  # [..., N, C, H, L]
+    history = xp.where(pieces.continues[..., None, None], max_before[..., None, :, :], -xp.inf)
+    return xp.maximum(history, first_key)
+
+
+def _local_summaries(
+    xp: Any, weights: Array, v: Array, last_reference: Array, running_max: Array, pieces: Pieces | None
+) -> LatteState:
+    """Each chunk's own state, in the frame of M_n, from the factored weights exp(k_s - R) of its last piece.
+
+    weights (..., N, C, H, L); v (..., N, C, H, D); last_reference, the last piece's R, and
+    running_max M_n: (..., N, H, L). The move from R to M_n is a factor exp(R - M_n) <= 1.
+    """
+    if pieces is not None:
+        weights = weights * xp.astype(pieces.in_last, weights.dtype)[..., None, None]
+    to_end = xp.exp(xp.minimum(last_reference - finite_or_zero(xp, running_max), 0.0))  # [..., N, H, L]
+    w_hlc = xp.moveaxis(weights, -3, -1)  # [..., N, H, L, C]
+    v_hcd = xp.moveaxis(v, -3, -2)  # [..., N, H, C, D]
+    return LatteState(running_max, to_end * xp.sum(weights, axis=-3), to_end[..., None] * (w_hlc @ v_hcd))
+
+
+def _out_of_bounds(xp: Any, k: Array, entry_max: Array, bound: float) -> Array:
+    """Keys the factored form cannot take: non-finite or more than ``bound`` above R (padding, -inf, is fine).
+
+    k: (..., N, C, H, L), entry_max R: (..., N, 1 or C, H, L) -> bool (..., N, C, H, L).
+    """
+    return (k != -xp.inf) & ~(k <= entry_max + bound)
 
 
 def _factored(
-    xp: Any, q: Array, weights: Array, v: Array, before: LatteState, carried: Array, *, any_empty: bool = True
+    xp: Any,
+    q: Array,
+    weights: Array,
+    v: Array,
+    before: LatteState,
+    carried: Array,
+    pieces: Pieces | None,
+    *,
+    any_empty: bool = True,
 ) -> Array:
     """The factored chunks: two matrix products each, plus the carried state. y (..., N, C, H, D).
 
-    weights: exp(k_s - R_n), (..., N, C, H, L), finite; carried: c_n, (..., N, H, L); ``before``
+    weights: exp(k_s - R), (..., N, C, H, L), finite; carried: c_n, (..., N, H, L); ``before``
     holds the states before the chunks, (..., N, H, L[, D]). ``any_empty=False`` promises that
     every token has a history (a_t >= 1), which saves a pass.
     """
     chunk_size = weights.shape[-3]
-    lower = _lower_triangle(xp, chunk_size, weights.dtype, device_of(weights))  # [C(t), C(s)]
+    if pieces is None:
+        reads = _lower_triangle(xp, chunk_size, weights.dtype, device_of(weights))  # [C(t), C(s)]
+        carried_tok = carried[..., None, :, :]  # [..., N, 1, H, L]
+    else:
+        reads = xp.astype(pieces.reads, weights.dtype)  # [..., N, C(t), C(s)]
+        carried_tok = carried[..., None, :, :] * xp.astype(pieces.continues, carried.dtype)[..., None, None]
     # a_t for every token: the carried normaliser plus a prefix sum of the weights, as a lower-triangular product
-    prefix = xp.reshape(lower @ xp.reshape(weights, (*weights.shape[:-2], -1)), weights.shape)
-    normaliser = prefix + (carried * before.normaliser)[..., None, :, :]  # [..., N, C, H, L], >= 1 or 0
+    prefix = xp.reshape(reads @ xp.reshape(weights, (*weights.shape[:-2], -1)), weights.shape)
+    normaliser = prefix + carried_tok * before.normaliser[..., None, :, :]  # [..., N, C, H, L], >= 1 or 0
 
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., N, C, H, L]
     # A token with no history (a_t = 0) meets only weights of 0, so dividing its p(l | t) by 1 is exact.
@@ -289,8 +445,9 @@ def _factored(
     read = p_latent_given_query / normaliser
     read_hcl = xp.moveaxis(read, -3, -2)  # [..., N, H, C(t), L]
     # Causal by a product with 0/1 rather than a where: every entry is finite here, so 0 * entry is exactly 0.
-    scores = (read_hcl @ xp.moveaxis(weights, -3, -1)) * lower  # [..., N, H, C(t), C(s)]
-    y = scores @ xp.moveaxis(v, -3, -2) + (read_hcl * carried[..., None, :]) @ before.numerator  # [..., N, H, C, D]
+    scores = (read_hcl @ xp.moveaxis(weights, -3, -1)) * reads[..., None, :, :]  # [..., N, H, C(t), C(s)]
+    from_history = (read_hcl * xp.moveaxis(carried_tok, -3, -2)) @ before.numerator  # [..., N, H, C, D]
+    y = scores @ xp.moveaxis(v, -3, -2) + from_history
     return xp.moveaxis(y, -2, -3)
 
 
@@ -405,7 +562,9 @@ def _lower_triangle(xp: Any, n: int, dtype: Any, device: Any) -> Array:
     return xp.astype(positions[:, None] >= positions[None, :], dtype)
 
 
-def causal_chunk(xp: Any, q: Array, k: Array, v: Array, state: LatteState) -> tuple[Array, LatteState]:
+def causal_chunk(
+    xp: Any, q: Array, k: Array, v: Array, state: LatteState, *, pieces: Pieces | None = None
+) -> tuple[Array, LatteState]:
     """One chunk of C tokens against the state of everything before it, with every token's own running max.
 
     The per-token form: exact for any logits, at the cost of C·L exponentials per
@@ -417,31 +576,45 @@ def causal_chunk(xp: Any, q: Array, k: Array, v: Array, state: LatteState) -> tu
         a_t       = a_prev exp(m_prev - m_t) + sum_s w[t, s]    normaliser
         y_t       = sum_l p(l|t) / a_t (S_prev exp(m_prev - m_t) + sum_s w[t, s] v_s)
 
+    With ``pieces`` (of chunks (..., C), see :class:`Pieces`), the sums and maxima over
+    s <= t keep to t's piece, and only the first piece reads the earlier state.
+
     The pairwise weights are laid out (..., H, C(t), L, C(s)) so that the sum over
     keys runs along the contiguous last axis and the sum over latents is a
     batched (1 x L) @ (L x C) matrix product.
     """
     n = k.shape[-3]
     p_latent_given_query = xp.moveaxis(softmax(xp, q, axis=-1), -3, -2)  # [..., H, C, L]
-    k_htl = xp.moveaxis(k, -3, -2)  # [..., H, C(t), L]
-    running_max = xp.maximum(prefix_max(xp, k_htl, axis=-2), state.running_max[..., None, :])  # [..., H, C, L]
-    shift = finite_or_zero(xp, running_max)
     k_hls = xp.moveaxis(k, -3, -1)  # [..., H, L, C(s)]
+    history_max = state.running_max[..., None, :]  # [..., H, 1, L]
+    if pieces is None:
+        visible = _key_is_visible(xp, n, device_of(k))  # [C(t), 1, C(s)]
+        running_max = xp.maximum(prefix_max(xp, xp.moveaxis(k, -3, -2), axis=-2), history_max)  # [..., H, C, L]
+    else:
+        visible = pieces.reads[..., None, :, None, :]  # [..., 1, C(t), 1, C(s)]
+        history_max = xp.where(pieces.continues[..., None, :, None], history_max, -xp.inf)  # [..., H, C, L]
+        piece_max = xp.max(xp.where(visible, k_hls[..., None, :, :], -xp.inf), axis=-1)  # [..., H, C(t), L]
+        running_max = xp.maximum(piece_max, history_max)
+    shift = finite_or_zero(xp, running_max)
     # Mask the exponent, not the weight: exp(k_s - m_t) for s > t could overflow. A `where`, not the
     # addition of -inf, so that a nan key at s stays out of the rows t < s (nan + -inf is nan).
     exponent = k_hls[..., None, :, :] - shift[..., None]  # [..., H, C(t), L, C(s)]
-    exponent = xp.where(_key_is_visible(xp, n, device_of(k)), exponent, -xp.inf)
+    exponent = xp.where(visible, exponent, -xp.inf)
     weights = xp.exp(exponent)
     del exponent
-    carried = xp.exp(state.running_max[..., None, :] - shift)  # [..., H, C, L] rescales the earlier state
+    carried = xp.exp(history_max - shift)  # [..., H, C, L] rescales the earlier state (0 where it is not read)
     normaliser = state.normaliser[..., None, :] * carried + xp.sum(weights, axis=-1)  # [..., H, C, L]
 
     read = safe_divide(xp, p_latent_given_query, normaliser)  # [..., H, C, L]: p(l | t) / a_t
     # [..., H, C, 1, L] @ [..., H, C, L, C] -> [..., H, C(t), C(s)]
     attention = (read[..., None, :] @ weights)[..., 0, :]
     v_hcd = xp.moveaxis(v, -3, -2)  # [..., H, C, D]
-    # causal_weighted_sum rather than `attention @ v`: a nan value must not reach earlier rows through 0 * nan.
-    y = causal_weighted_sum(xp, attention, v_hcd) + (read * carried) @ state.numerator  # [..., H, C, D]
+    # Not `attention @ v`: a nan value must not reach the rows that do not read it through 0 * nan.
+    if pieces is None:
+        within = causal_weighted_sum(xp, attention, v_hcd)
+    else:
+        within = weighted_sum_where(xp, attention, v_hcd, pieces.reads[..., None, :, :])
+    y = within + (read * carried) @ state.numerator  # [..., H, C, D]
 
     new_state = LatteState(
         running_max=running_max[..., -1, :],
@@ -467,6 +640,26 @@ def prefix_max(xp: Any, x: Array, *, axis: int) -> Array:
         x = xp.concat([head, tail], axis=axis)
         reach *= 2
     return x
+
+
+def segmented_prefix_max(xp: Any, x: Array, restarts: Array, *, axis: int) -> tuple[Array, Array]:
+    """:func:`prefix_max` started again wherever ``restarts`` is True: the max over x[j..i], j the last restart.
+
+    restarts broadcasts against x. Also returns whether a restart came at or before each
+    position (a max of pairs (restarted, x) that is associative, so doubling still works).
+    """
+    n = x.shape[axis]
+    started = xp.broadcast_to(restarts, x.shape) if restarts.ndim == x.ndim else restarts
+    reach = 1
+    while reach < n:
+        earlier_x, earlier_started = _take(x, 0, n - reach, axis), _take(started, 0, n - reach, axis)
+        later_x, later_started = _take(x, reach, n, axis), _take(started, reach, n, axis)
+        x = xp.concat(
+            [_take(x, 0, reach, axis), xp.where(later_started, later_x, xp.maximum(later_x, earlier_x))], axis=axis
+        )
+        started = xp.concat([_take(started, 0, reach, axis), later_started | earlier_started], axis=axis)
+        reach *= 2
+    return x, started
 
 
 def _take(x: Array, start: int, stop: int, axis: int) -> Array:

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from ._array import Array, _prepare_qkv, causal_weighted_sum, check_flag, device_of, keys_taking_part, softmax
+from typing import Any
+
+from ._array import (
+    Array,
+    _prepare_qkv,
+    causal_weighted_sum,
+    check_flag,
+    device_of,
+    keys_taking_part,
+    softmax,
+    weighted_sum_where,
+)
+from .segments import check_segment_ids, segment_index, segment_starts
 
 __all__ = ["attention_matrix", "definition"]
 
 
 def attention_matrix(
-    q: Array, k: Array, *, causal: bool, mask: Array | None = None, key_mask: Array | None = None
+    q: Array,
+    k: Array,
+    *,
+    causal: bool,
+    mask: Array | None = None,
+    key_mask: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> Array:
     r"""The Tq x Tk attention that Latte implies: :math:`p(s \mid t) = \sum_l p(s \mid l, t)\, p(l \mid t)`.
 
@@ -17,6 +35,8 @@ def attention_matrix(
         p(l \mid t) = \operatorname{softmax}_l q_{t,l}, \qquad
         p(s \mid l, t) = \frac{\exp k_{s,l}}{\sum_{s' \in S(t)} \exp k_{s',l}}, \qquad
         S(t) = \begin{cases} \{s \le t\} & \text{causal} \\ \text{all } s & \text{bidirectional} \end{cases}
+
+    With ``segment_ids``, S(t) keeps only the tokens of t's own segment.
 
     Costs O(T²·L) time and memory: it is for inspection and testing, not for long sequences.
 
@@ -35,6 +55,8 @@ def attention_matrix(
         Padded tokens are in no S(t), and their own rows are 0 (needs Tq = Tk).
     key_mask : bool array, shape (..., Tk), optional
         Keys left out of every S(t); the rows stay as they are.
+    segment_ids : integer array, shape (..., T), optional
+        The document of each token of a packed row, never decreasing along T (needs Tq = Tk).
 
     Returns
     -------
@@ -57,19 +79,14 @@ def attention_matrix(
     xp, q, k, _, out_dtype, _ = _prepare_qkv(q, k, k, mask, names=("q", "k", "k"), cross=True, key_mask=key_mask)
     check_flag("causal", causal)
     n, n_keys = q.shape[-3], k.shape[-3]
-    if causal and n != n_keys:
-        raise ValueError(f"causal attention needs q and k of one length, got Tq={n} and Tk={n_keys}")
+    for name, given in (("causal attention", causal), ("segment_ids", segment_ids is not None)):
+        if given and n != n_keys:
+            raise ValueError(f"{name} needs q and k of one length, got Tq={n} and Tk={n_keys}")
+    starts = None if segment_ids is None else check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
     if n == 0 or n_keys == 0:
         return xp.zeros((*q.shape[:-3], q.shape[-2], n, n_keys), dtype=out_dtype, device=device_of(q))
 
-    allowed = xp.ones((n, n_keys), dtype=xp.bool, device=device_of(q))  # [Tq(t), Tk(s)]: s in S(t)
-    if causal:
-        positions = xp.arange(n, device=device_of(q))
-        allowed = positions[:, None] >= positions[None, :]
-    if mask is not None:
-        allowed = allowed & mask[..., None, :] & mask[..., :, None]  # [..., T, T]
-    if key_mask is not None:
-        allowed = allowed & key_mask[..., None, :]  # [..., Tq, Tk]
+    allowed = _reads(xp, n, n_keys, causal=causal, mask=mask, key_mask=key_mask, starts=starts, device=device_of(q))
     allowed = allowed[..., None, None, :, :]  # [..., 1, 1, Tq, Tk]
 
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., T, H, L]
@@ -81,7 +98,14 @@ def attention_matrix(
 
 
 def definition(
-    q: Array, k: Array, v: Array, *, causal: bool, mask: Array | None = None, key_mask: Array | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool,
+    mask: Array | None = None,
+    key_mask: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> Array:
     r"""Latte from its definition: :math:`y_t = \sum_s p(s \mid t)\, v_s`, with the matrix of :func:`attention_matrix`.
 
@@ -96,6 +120,9 @@ def definition(
         True for a real token (needs Tq = Tk): padded tokens are no key and get output 0.
     key_mask : bool array, shape (..., Tk), optional
         True for a key that takes part.
+    segment_ids : integer array, shape (..., T), optional
+        The document of each token of a packed row (never decreasing along T): a token attends only to its
+        own document's tokens.
 
     Returns
     -------
@@ -110,10 +137,42 @@ def definition(
     """
     xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
     check_flag("causal", causal)
-    a = attention_matrix(q, k, causal=causal, mask=mask, key_mask=key_mask)  # [..., H, Tq, Tk]
+    a = attention_matrix(q, k, causal=causal, mask=mask, key_mask=key_mask, segment_ids=segment_ids)  # [..., H, Tq, Tk]
     keys = keys_taking_part(mask, key_mask)
     if keys is not None:
         v = xp.where(keys[..., None, None], v, xp.zeros_like(v))  # a left-out value is never read
     v_htd = xp.moveaxis(v, -3, -2)  # [..., H, T, D]
-    y = causal_weighted_sum(xp, a, v_htd) if causal else a @ v_htd  # a nan v_s reaches only rows that read s
+    # A nan v_s reaches only the rows that read s, never through a weight of exactly 0.
+    if segment_ids is not None:
+        starts = segment_starts(xp, segment_ids)
+        reads = _reads(xp, *a.shape[-2:], causal=causal, mask=None, key_mask=None, starts=starts, device=device_of(a))
+        y = weighted_sum_where(xp, a, v_htd, reads[..., None, :, :])
+    else:
+        y = causal_weighted_sum(xp, a, v_htd) if causal else a @ v_htd
     return xp.astype(xp.moveaxis(y, -2, -3), out_dtype)
+
+
+def _reads(
+    xp: Any,
+    n: int,
+    n_keys: int,
+    *,
+    causal: bool,
+    mask: Array | None,
+    key_mask: Array | None,
+    starts: Array | None,
+    device: Any,
+) -> Array:
+    """(..., Tq, Tk) bool: whether key s is in S(t), the keys that query t reads."""
+    allowed = xp.ones((n, n_keys), dtype=xp.bool, device=device)  # [Tq(t), Tk(s)]
+    if causal:
+        positions = xp.arange(n, device=device)
+        allowed = positions[:, None] >= positions[None, :]
+    if mask is not None:
+        allowed = allowed & mask[..., None, :] & mask[..., :, None]  # [..., T, T]
+    if key_mask is not None:
+        allowed = allowed & key_mask[..., None, :]  # [..., Tq, Tk]
+    if starts is not None:
+        segment = segment_index(xp, starts)  # [..., T]
+        allowed = allowed & (segment[..., :, None] == segment[..., None, :])  # [..., T, T]
+    return allowed

@@ -14,7 +14,8 @@ from ._array import (
     safe_divide,
     softmax,
 )
-from .state import LatteState, check_state, empty_state
+from .segments import check_segment_ids
+from .state import LatteState, check_state, empty_state, restart
 
 __all__ = ["recurrent", "step"]
 
@@ -106,6 +107,7 @@ def recurrent(
     v: Array,
     *,
     mask: Array | None = None,
+    segment_ids: Array | None = None,
     state: LatteState | None = None,
     return_state: bool = False,
 ) -> Array | tuple[Array, LatteState]:
@@ -119,10 +121,14 @@ def recurrent(
     q, k : array, shape (..., T, H, L)
     v : array, shape (..., T, H, D)
     mask : bool array, shape (..., T), optional
+    segment_ids : integer array, shape (..., T), optional
+        The document of each token of a packed row, never decreasing along T: where the id changes, the
+        state starts again from an empty history.
     state : LatteState, optional
-        The state after the preceding tokens (an empty history when omitted).
+        The state after the preceding tokens (an empty history when omitted). With ``segment_ids``,
+        the history of the call's first segment.
     return_state : bool
-        Also return the state after the last token.
+        Also return the state after the last token (of the last segment).
 
     Returns
     -------
@@ -141,11 +147,14 @@ def recurrent(
         state = empty_state(xp, q, v, dtype)
     else:
         state = check_state(xp, state, q, v, dtype)
+    starts = None if segment_ids is None else check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
     # Checked once above: the loop runs the bare update, token by token.
     outputs = []
     for t in range(q.shape[-3]):
+        if starts is not None and t > 0:
+            state = restart(xp, state, starts[..., t])  # a new document forgets the one before
         y_t, state = _step(xp, q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state)
         outputs.append(y_t)
     y = xp.stack(outputs, axis=-3) if outputs else xp.zeros_like(v)

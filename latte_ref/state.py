@@ -44,6 +44,8 @@ __all__ = [
     "init_state",
     "read_out",
     "read_queries",
+    "restart",
+    "segmented_combine",
     "summarise",
 ]
 
@@ -148,6 +150,39 @@ def combine(earlier: LatteState, later: LatteState) -> LatteState:
         running_max=running_max,
         normaliser=earlier.normaliser * scale_earlier + later.normaliser * scale_later,
         numerator=earlier.numerator * scale_earlier[..., None] + later.numerator * scale_later[..., None],
+    )
+
+
+def restart(xp: Any, state: LatteState, starts: Array) -> LatteState:
+    """The state with its history dropped (m = -inf, a = 0, S = 0) where ``starts`` (...) is True.
+
+    A packed row's new segment begins with an empty history; elsewhere the state is kept.
+    """
+    keep = ~starts[..., None, None]  # [..., 1, 1]
+    zero = xp.zeros_like(state.normaliser)
+    return LatteState(
+        running_max=xp.where(keep, state.running_max, xp.full_like(state.running_max, -xp.inf)),
+        normaliser=xp.where(keep, state.normaliser, zero),
+        numerator=xp.where(keep[..., None], state.numerator, xp.zeros_like(state.numerator)),
+    )
+
+
+def segmented_combine(earlier: LatteState, later: LatteState, later_restarts: Array) -> LatteState:
+    """:func:`combine` for packed rows: ``later`` alone where it holds the start of a new segment.
+
+    ``later_restarts`` (...) is True where a segment starts inside (or at the first
+    token of) the later stretch of tokens, whose state then holds the tokens from the
+    last such start on: nothing earlier reaches it. The merge of pairs
+    (restarts, state) this defines is associative, so a packed sequence is reduced
+    in pieces as an unpacked one is.
+    """
+    xp = _check_pair(earlier, later)
+    merged = combine(earlier, later)
+    keep = ~later_restarts[..., None, None]  # [..., 1, 1]
+    return LatteState(
+        running_max=xp.where(keep, merged.running_max, later.running_max),
+        normaliser=xp.where(keep, merged.normaliser, later.normaliser),
+        numerator=xp.where(keep[..., None], merged.numerator, later.numerator),
     )
 
 

@@ -15,6 +15,7 @@ PACKAGE = Path(latte_ref.__file__).parent
 LAYERS = {
     "_array": 1,
     "_dispatch": 1,
+    "segments": 1,
     "state": 2,
     "definition": 3,
     "bidirectional": 3,

@@ -32,9 +32,9 @@ def per_token_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     original = causal_module.causal_chunk
 
-    def counting(xp: Any, q: Any, k: Any, v: Any, state: Any) -> Any:
+    def counting(xp: Any, q: Any, k: Any, v: Any, state: Any, **options: Any) -> Any:
         calls.append(q.shape[-4] if q.ndim >= 4 else 1)
-        return original(xp, q, k, v, state)
+        return original(xp, q, k, v, state, **options)
 
     monkeypatch.setattr(causal_module, "causal_chunk", counting)
     return calls

@@ -55,6 +55,7 @@ def causal(
     state: LatteState | None,
     return_state: bool,
     out_dtype: Any,
+    segment_ids: da.Array | None = None,
 ) -> da.Array | tuple[da.Array, LatteState]:
     """Causal Latte on Dask arrays chunked along T; called by :func:`latte_ref.causal`.
 
@@ -64,6 +65,8 @@ def causal(
     """
     import dask.array as da
 
+    if segment_ids is not None:
+        raise NotImplementedError("segment_ids on Dask is not implemented yet")
     q, k, v, mask = _aligned(q, k, v, mask)
     blocks = _Blocks(q, k, v, mask)
     start = None if state is None else _state_blocks(state, q)
