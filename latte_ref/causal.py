@@ -284,7 +284,8 @@ def causal_block(
     running_max, max_before, decay = _chunk_maxima(xp, k_last, state, pieces)  # M_n, M_{n-1}, d_n
 
     if traced:  # values unknown: every chunk by the per-token form
-        before, after = _carry(xp, state, max_before, decay, _summaries(xp, k_last, v_last, running_max), traced=True)
+        summaries = _summaries(xp, k_last, v_last, running_max)
+        before, after = _carry(xp, state, max_before, decay, summaries, pieces, traced=True)
         y, _ = causal_chunk(xp, q, k, v, before, pieces=pieces)
         return xp.reshape(y, (*shape[:-1], v.shape[-1])), after
 
@@ -319,7 +320,7 @@ def causal_block(
             _put_chunks(xp, local.normaliser, chunks, xp.where(again, exact.normaliser, fast.normaliser), axis=-3),
             _put_chunks(xp, local.numerator, chunks, xp.where(again[..., None], exact.numerator, fast.numerator)),
         )
-    before, after = _carry(xp, state, max_before, decay, local, traced=False)
+    before, after = _carry(xp, state, max_before, decay, local, pieces, traced=False)
 
     # Only a piece that starts with no history (R = -inf) can hold tokens that have none, or one whose
     # offending keys were left out (the tokens after them are redone, but must not divide by 0 meanwhile).
@@ -433,10 +434,11 @@ def _factored(
         carried_tok = carried[..., None, :, :]  # [..., N, 1, H, L]
     else:
         reads = xp.astype(pieces.reads, weights.dtype)  # [..., N, C(t), C(s)]
-        carried_tok = carried[..., None, :, :] * xp.astype(pieces.continues, carried.dtype)[..., None, None]
+        carried_tok = carried[..., None, :, :]
     # a_t for every token: the carried normaliser plus a prefix sum of the weights, as a lower-triangular product
     prefix = xp.reshape(reads @ xp.reshape(weights, (*weights.shape[:-2], -1)), weights.shape)
-    normaliser = prefix + carried_tok * before.normaliser[..., None, :, :]  # [..., N, C, H, L], >= 1 or 0
+    history = _where_continued(xp, pieces, carried_tok * before.normaliser[..., None, :, :], axis=-3)
+    normaliser = prefix + history  # [..., N, C, H, L], >= 1 or 0
 
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., N, C, H, L]
     # A token with no history (a_t = 0) meets only weights of 0, so dividing its p(l | t) by 1 is exact.
@@ -447,8 +449,23 @@ def _factored(
     # Causal by a product with 0/1 rather than a where: every entry is finite here, so 0 * entry is exactly 0.
     scores = (read_hcl @ xp.moveaxis(weights, -3, -1)) * reads[..., None, :, :]  # [..., N, H, C(t), C(s)]
     from_history = (read_hcl * xp.moveaxis(carried_tok, -3, -2)) @ before.numerator  # [..., N, H, C, D]
-    y = scores @ xp.moveaxis(v, -3, -2) + from_history
+    y = scores @ xp.moveaxis(v, -3, -2) + _where_continued(xp, pieces, from_history, axis=-2)
     return xp.moveaxis(y, -2, -3)
+
+
+def _where_continued(xp: Any, pieces: Pieces | None, x: Array, *, axis: int) -> Array:
+    """x (..., N?, C, ...) with 0 for the tokens that do not continue the history (axis: the C axis).
+
+    A ``where`` after the product rather than a factor of 0 before it: the history of
+    another document may hold a nan, and 0 * nan is nan.
+    """
+    if pieces is None:
+        return x
+    if axis == -3:  # x: [..., C, H, X]
+        continues = pieces.continues[..., None, None]
+    else:  # x: [..., H, C, X]
+        continues = pieces.continues[..., None, :, None]
+    return xp.where(continues, x, xp.zeros_like(x))
 
 
 def _summaries(xp: Any, k: Array, v: Array, running_max: Array) -> LatteState:
@@ -458,26 +475,36 @@ def _summaries(xp: Any, k: Array, v: Array, running_max: Array) -> LatteState:
 
 
 def _carry(
-    xp: Any, state: LatteState, max_before: Array, decay: Array, local: LatteState, *, traced: bool
+    xp: Any,
+    state: LatteState,
+    max_before: Array,
+    decay: Array,
+    local: LatteState,
+    pieces: Pieces | None,
+    *,
+    traced: bool,
 ) -> tuple[LatteState, LatteState]:
     """The state before every chunk (each in its own running max's frame) and the state after the last.
 
-    S_before[0] = state;  S_before[n+1] = d_n S_before[n] + local[n]  (and likewise the normaliser).
+    S_before[0] = state;  S_before[n+1] = d_n S_before[n] + local[n]  (and likewise the normaliser),
+    or local[n] alone where a segment starts in chunk n: a ``where``, not d_n = 0, so that a nan
+    in one document's state stays there.
     Eager arrays run the recurrence as a loop over the N chunks (cheap: two small
     products per chunk); traced ones as a log-depth doubling scan, which keeps the
     graph short. Both are exact: the running maxima, and with them d_n, are known.
     """
     running_max = local.running_max  # [..., N, H, L]
-    if traced:
-        normaliser, numerator = _doubling_scan(xp, decay, local.normaliser, local.numerator, state)
-    else:
-        normaliser, numerator = _loop_scan(xp, decay, local.normaliser, local.numerator, state)
+    restarts = None if pieces is None else pieces.restarts[..., None, None]  # [..., N, 1, 1]
+    scan = _doubling_scan if traced else _loop_scan
+    normaliser, numerator = scan(xp, decay, restarts, local.normaliser, local.numerator, state)
     before = LatteState(max_before, normaliser[..., :-1, :, :], numerator[..., :-1, :, :, :])
     after = LatteState(running_max[..., -1, :, :], normaliser[..., -1, :, :], numerator[..., -1, :, :, :])
     return before, after
 
 
-def _loop_scan(xp: Any, decay: Array, a_local: Array, s_local: Array, state: LatteState) -> tuple[Array, Array]:
+def _loop_scan(
+    xp: Any, decay: Array, restarts: Array | None, a_local: Array, s_local: Array, state: LatteState
+) -> tuple[Array, Array]:
     """States at the N + 1 chunk boundaries by the recurrence, one chunk at a time: (..., N+1, H, L[, D])."""
     a, s = state.normaliser, state.numerator
     normalisers, numerators = [a], [s]
@@ -485,32 +512,47 @@ def _loop_scan(xp: Any, decay: Array, a_local: Array, s_local: Array, state: Lat
         d = decay[..., n, :, :]  # [..., H, L]
         a = a * d + a_local[..., n, :, :]
         s = s * d[..., None] + s_local[..., n, :, :, :]
+        if restarts is not None:
+            r = restarts[..., n, :, :]  # [..., 1, 1]
+            a = xp.where(r, a_local[..., n, :, :], a)
+            s = xp.where(r[..., None], s_local[..., n, :, :, :], s)
         normalisers.append(a)
         numerators.append(s)
     return xp.stack(normalisers, axis=-3), xp.stack(numerators, axis=-4)
 
 
-def _doubling_scan(xp: Any, decay: Array, a_local: Array, s_local: Array, state: LatteState) -> tuple[Array, Array]:
-    """The same states by a Hillis-Steele scan of the maps x -> d x + b, composed in log2(N) rounds."""
+def _doubling_scan(
+    xp: Any, decay: Array, restarts: Array | None, a_local: Array, s_local: Array, state: LatteState
+) -> tuple[Array, Array]:
+    """The same states by a Hillis-Steele scan of the maps x -> d x + b, composed in log2(N) rounds.
+
+    With segments the maps are x -> b where a segment starts (r), else d x + b; composed,
+    (r, d, b) after (r', d', b') is (r or r', d d', b if r else d b' + b).
+    """
     d = decay  # [..., N, H, L]
     a, s = a_local, s_local
+    r = None if restarts is None else xp.broadcast_to(restarts, d.shape)  # [..., N, H, L]
     reach, n = 1, decay.shape[-3]
     while reach < n:
-        # Position i takes in the map ending at i - reach: (d, b) after (d', b') is (d d', d b' + b).
-        a = xp.concat(
-            [a[..., :reach, :, :], d[..., reach:, :, :] * a[..., :-reach, :, :] + a[..., reach:, :, :]], axis=-3
-        )
-        s = xp.concat(
-            [s[..., :reach, :, :, :], d[..., reach:, :, :, None] * s[..., :-reach, :, :, :] + s[..., reach:, :, :, :]],
-            axis=-4,
-        )
+        # Position i takes in the map ending at i - reach.
+        a_then = d[..., reach:, :, :] * a[..., :-reach, :, :] + a[..., reach:, :, :]
+        s_then = d[..., reach:, :, :, None] * s[..., :-reach, :, :, :] + s[..., reach:, :, :, :]
+        if r is not None:
+            r_here = r[..., reach:, :, :]
+            a_then = xp.where(r_here, a[..., reach:, :, :], a_then)
+            s_then = xp.where(r_here[..., None], s[..., reach:, :, :, :], s_then)
+            r = xp.concat([r[..., :reach, :, :], r_here | r[..., :-reach, :, :]], axis=-3)
+        a = xp.concat([a[..., :reach, :, :], a_then], axis=-3)
+        s = xp.concat([s[..., :reach, :, :, :], s_then], axis=-4)
         d = xp.concat([d[..., :reach, :, :], d[..., reach:, :, :] * d[..., :-reach, :, :]], axis=-3)
         reach *= 2
     # Apply the composed maps to the incoming state; the first boundary is the state itself.
-    a = xp.concat([state.normaliser[..., None, :, :], d * state.normaliser[..., None, :, :] + a], axis=-3)
-    s = xp.concat(
-        [state.numerator[..., None, :, :, :], d[..., None] * state.numerator[..., None, :, :, :] + s], axis=-4
-    )
+    a_all = d * state.normaliser[..., None, :, :] + a
+    s_all = d[..., None] * state.numerator[..., None, :, :, :] + s
+    if r is not None:
+        a_all, s_all = xp.where(r, a, a_all), xp.where(r[..., None], s, s_all)
+    a = xp.concat([state.normaliser[..., None, :, :], a_all], axis=-3)
+    s = xp.concat([state.numerator[..., None, :, :, :], s_all], axis=-4)
     return a, s
 
 
@@ -603,7 +645,8 @@ def causal_chunk(
     weights = xp.exp(exponent)
     del exponent
     carried = xp.exp(history_max - shift)  # [..., H, C, L] rescales the earlier state (0 where it is not read)
-    normaliser = state.normaliser[..., None, :] * carried + xp.sum(weights, axis=-1)  # [..., H, C, L]
+    from_history = _where_continued(xp, pieces, state.normaliser[..., None, :] * carried, axis=-2)
+    normaliser = from_history + xp.sum(weights, axis=-1)  # [..., H, C, L]
 
     read = safe_divide(xp, p_latent_given_query, normaliser)  # [..., H, C, L]: p(l | t) / a_t
     # [..., H, C, 1, L] @ [..., H, C, L, C] -> [..., H, C(t), C(s)]
@@ -614,13 +657,16 @@ def causal_chunk(
         within = causal_weighted_sum(xp, attention, v_hcd)
     else:
         within = weighted_sum_where(xp, attention, v_hcd, pieces.reads[..., None, :, :])
-    y = within + (read * carried) @ state.numerator  # [..., H, C, D]
+    y = within + _where_continued(xp, pieces, (read * carried) @ state.numerator, axis=-2)  # [..., H, C, D]
 
+    history = state.numerator * carried[..., -1, :, None]  # [..., H, L, D]
+    if pieces is not None:  # the last token's piece may begin in the chunk: then no history reaches the state
+        history = xp.where(pieces.continues[..., -1, None, None, None], history, xp.zeros_like(history))
     new_state = LatteState(
         running_max=running_max[..., -1, :],
         normaliser=normaliser[..., -1, :],
         # The chunk's keys seen from its last token: [..., H, L, C(s)] @ [..., H, C, D].
-        numerator=state.numerator * carried[..., -1, :, None] + weights[..., -1, :, :] @ v_hcd,
+        numerator=history + weights[..., -1, :, :] @ v_hcd,
     )
     return xp.moveaxis(y, -2, -3), new_state
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import is_dask_array
+from array_api_compat import is_array_api_obj, is_dask_array
 
 from ._array import Array, device_of, namespace_of, resolve_namespace, same_device
 
@@ -46,7 +46,7 @@ def segment_ids_from_cu_seqlens(cu_seqlens: Any, *, xp: Any = None) -> Array:
     >>> latte_ref.segment_ids_from_cu_seqlens([0, 2, 5, 6]).tolist()
     [0, 0, 1, 1, 1, 2]
     """
-    if hasattr(cu_seqlens, "__array_namespace__"):
+    if is_array_api_obj(cu_seqlens):
         xp = namespace_of(cu_seqlens=cu_seqlens)
         bounds = cu_seqlens
     else:

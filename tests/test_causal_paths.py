@@ -111,7 +111,8 @@ def test_the_bound_of_each_dtype() -> None:
     assert 600 < causal_module.factoring_bound(xp, xp.float64) < 601
 
 
-def test_loop_and_doubling_scans_agree(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("segmented", [False, True], ids=["unpacked", "packed"])
+def test_loop_and_doubling_scans_agree(rng: np.random.Generator, segmented: bool) -> None:
     xp = latte_ref.backends.get_backend("numpy").namespace()
     n, batch = 13, (2,)
     decay = rng.uniform(0, 1, size=(*batch, n, 2, 3))
@@ -120,10 +121,21 @@ def test_loop_and_doubling_scans_agree(rng: np.random.Generator) -> None:
     state = latte_ref.LatteState(
         np.zeros((*batch, 2, 3)), rng.uniform(1, 2, (*batch, 2, 3)), rng.normal(size=(*batch, 2, 3, 4))
     )
-    loop = causal_module._loop_scan(xp, decay, a_local, s_local, state)
-    doubling = causal_module._doubling_scan(xp, decay, a_local, s_local, state)
+    restarts = None
+    if segmented:  # segments start in chunks 0, 5 and 6; chunk 8's history holds a nan that must stay there
+        restarts = np.zeros((*batch, n, 1, 1), dtype=bool)
+        restarts[:, [0, 5, 6]] = True
+        s_local[:, 7, 0, 0, 0] = np.nan
+        restarts[:, 9] = True
+    loop = causal_module._loop_scan(xp, decay, restarts, a_local, s_local, state)
+    doubling = causal_module._doubling_scan(xp, decay, restarts, a_local, s_local, state)
     for a, b in zip(loop, doubling, strict=True):
-        assert a.shape == b.shape and relative_error(b, a) <= 1e-14
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        finite = ~np.isnan(a)
+        assert relative_error(b[finite], a[finite]) <= 1e-14
+    if segmented:
+        assert np.isnan(loop[1][:, 8, 0, 0, 0]).all() and not np.isnan(loop[1][:, 10:]).any()
 
 
 def test_gradients_through_both_paths() -> None:
