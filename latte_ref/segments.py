@@ -91,8 +91,8 @@ def check_segment_ids(xp: Any, segment_ids: Array, expected_shape: tuple[int, ..
 
 def _decreasing(xp: Any, segment_ids: Array) -> bool:
     """Whether the ids decrease somewhere along T; False where the values cannot be read cheaply."""
-    if is_dask_array(segment_ids):
-        return False  # reading would compute the graph
+    if is_dask_array(segment_ids) or segment_ids.shape[-1] < 2:
+        return False  # reading would compute the graph; or there is no pair of tokens
     try:
         return bool(xp.any(segment_ids[..., 1:] < segment_ids[..., :-1]))
     except TypeError:  # a traced JAX array has no value to read (ConcretizationTypeError is a TypeError)
@@ -104,6 +104,8 @@ def segment_starts(xp: Any, segment_ids: Array) -> Array:
     first = xp.zeros(
         (*segment_ids.shape[:-1], min(1, segment_ids.shape[-1])), dtype=xp.bool, device=device_of(segment_ids)
     )
+    if segment_ids.shape[-1] < 2:
+        return first
     return xp.concat([first, segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import latte_ref
 from latte_ref import backends
+from latte_ref.state import restart
 from latte_ref.testing.matrix import Case
 from latte_ref.testing.tolerance import relative_error
 
@@ -151,6 +152,50 @@ def test_streaming_with_carried_state_equals_the_whole_run(p: Problem, cuts: lis
     assert state is not None
     np.testing.assert_array_equal(p.numpy(state.running_max), p.numpy(whole_state.running_max))
     assert _error(p, _latent_values(p, state), _latent_values(p, whole_state)) <= p.tol
+
+
+def _packing(p: Problem, data: st.DataObject) -> np.ndarray:
+    """Random segment ids for the problem's rows (..., T): a new document wherever a drawn flag is set."""
+    starts = data.draw(hnp.arrays(np.bool_, p.mask.shape if p.mask is not None else p.q.shape[:-2]))
+    return np.cumsum(starts, axis=-1)
+
+
+@given(problems(), st.data(), st.integers(1, 10))
+def test_forms_agree_with_the_definition_on_random_packings(p: Problem, data: st.DataObject, chunk_size: int) -> None:
+    q, k, v, mask = p.arrays()
+    ids = _packing(p, data)
+    options = {"mask": mask, "segment_ids": p.array(ids)}
+    expected = {c: latte_ref.definition(p.q, p.k, p.v, causal=c, mask=p.mask, segment_ids=ids) for c in (False, True)}
+    assert _error(p, p.numpy(latte_ref.bidirectional(q, k, v, **options)), expected[False]) <= p.tol
+    assert _error(p, p.numpy(latte_ref.causal(q, k, v, chunk_size=chunk_size, **options)), expected[True]) <= p.tol
+    if p.cheap_scan:
+        assert _error(p, p.numpy(latte_ref.recurrent(q, k, v, **options)), expected[True]) <= p.tol
+
+
+@given(problems(), st.data(), st.lists(st.integers(0, 9), max_size=4), st.integers(1, 6))
+def test_streaming_a_random_packing_equals_the_whole_run(
+    p: Problem, data: st.DataObject, cuts: list[int], chunk_size: int
+) -> None:
+    """Cut anywhere: the state carries a document on, and a row whose cut falls on a boundary drops it."""
+    q, k, v, mask = p.arrays()
+    ids = _packing(p, data)
+    whole = latte_ref.causal(q, k, v, mask=mask, segment_ids=p.array(ids), chunk_size=chunk_size)
+    bounds = [0, *sorted(c for c in cuts if c <= p.n_tokens), p.n_tokens]
+    pieces, state = [], None
+    for start, stop in itertools.pairwise(bounds):
+        if state is not None and 0 < start < p.n_tokens:
+            new_document = p.array(ids[..., start] != ids[..., start - 1])
+            state = restart(p.case.xp, state, new_document)
+        y, state = latte_ref.causal(
+            *(_tokens(a, start, stop) for a in (q, k, v)),
+            mask=_tokens(mask, start, stop, mask=True),
+            segment_ids=p.array(ids[..., start:stop]),
+            state=state,
+            chunk_size=chunk_size,
+            return_state=True,
+        )
+        pieces.append(p.numpy(y))
+    assert _error(p, np.concatenate(pieces, axis=-3), p.numpy(whole)) <= p.tol
 
 
 def _latent_values(p: Problem, state: latte_ref.LatteState) -> np.ndarray:
