@@ -219,12 +219,14 @@ class Pieces(NamedTuple):
     after it. Shapes, for N chunks of C tokens:
 
     reads      (..., N, C(t), C(s))  bool   s <= t, in t's piece
+    first      (..., N, C)           int    where t's piece begins in the chunk
     continues  (..., N, C)           bool   t's piece began before the chunk
     in_last    (..., N, C)           bool   t is in the chunk's last piece
     restarts   (..., N)              bool   a segment starts in the chunk: the state before it is dropped
     """
 
     reads: Array
+    first: Array
     continues: Array
     in_last: Array
     restarts: Array
@@ -234,8 +236,10 @@ class Pieces(NamedTuple):
         """The pieces of chunks from ``starts`` (..., N, C), True where a token begins a segment."""
         index = xp.cumulative_sum(xp.astype(starts, xp.int32), axis=-1)  # [..., N, C]: piece of each token
         lower = _lower_triangle(xp, starts.shape[-1], xp.bool, device_of(starts))
+        positions = xp.arange(starts.shape[-1], device=device_of(starts))
         return cls(
             reads=(index[..., :, None] == index[..., None, :]) & lower,
+            first=prefix_max(xp, xp.where(starts, positions, 0), axis=-1),
             continues=index == 0,
             in_last=index == index[..., -1:],
             restarts=index[..., -1] > 0,
@@ -244,9 +248,9 @@ class Pieces(NamedTuple):
     def take(self, xp: Any, chunks: list[int]) -> Pieces:
         """The listed chunks' pieces."""
         (reads,) = _take_chunks(xp, chunks, self.reads, axis=-3)
-        continues, in_last = _take_chunks(xp, chunks, self.continues, self.in_last, axis=-2)
+        first, continues, in_last = _take_chunks(xp, chunks, self.first, self.continues, self.in_last, axis=-2)
         (restarts,) = _take_chunks(xp, chunks, self.restarts, axis=-1)
-        return Pieces(reads, continues, in_last, restarts)
+        return Pieces(reads, first, continues, in_last, restarts)
 
 
 def causal_block(
@@ -378,11 +382,12 @@ def _entry_max(xp: Any, k: Array, max_before: Array, pieces: Pieces | None) -> A
     """
     if pieces is None:
         return xp.maximum(max_before, k[..., 0, :, :])[..., None, :, :]
-    chunk_size = k.shape[-3]
-    positions = xp.arange(chunk_size, device=device_of(k))
-    # Each token's piece begins at the first position it reads: the smallest s with reads[t, s].
-    first = xp.min(xp.where(pieces.reads, positions, chunk_size), axis=-1)  # [..., N, C]
-    first_key = xp.take_along_axis(k, xp.astype(first, xp.int64)[..., None, None], axis=-3)  # [..., N, C, H, L]
+    # Gather rows of (H·L) keys: tokens numbered through all chunks (and batch rows) of the block.
+    n_chunks, chunk_size = math.prod(k.shape[:-3]), k.shape[-3]
+    chunk_starts = xp.arange(0, n_chunks * chunk_size, chunk_size, device=device_of(k))
+    rows = xp.reshape(xp.reshape(pieces.first, (n_chunks, chunk_size)) + chunk_starts[:, None], (-1,))
+    first_key = xp.take(xp.reshape(k, (-1, k.shape[-2] * k.shape[-1])), rows, axis=0)
+    first_key = xp.reshape(first_key, k.shape)  # [..., N, C, H, L]: each token's piece's first key
     history = xp.where(pieces.continues[..., None, None], max_before[..., None, :, :], -xp.inf)
     return xp.maximum(history, first_key)
 
@@ -429,16 +434,20 @@ def _factored(
     every token has a history (a_t >= 1), which saves a pass.
     """
     chunk_size = weights.shape[-3]
+    carried_tok = carried[..., None, :, :]  # [..., N, 1, H, L]
+    guard = False
     if pieces is None:
         reads = _lower_triangle(xp, chunk_size, weights.dtype, device_of(weights))  # [C(t), C(s)]
-        carried_tok = carried[..., None, :, :]  # [..., N, 1, H, L]
     else:
         reads = xp.astype(pieces.reads, weights.dtype)  # [..., N, C(t), C(s)]
-        carried_tok = carried[..., None, :, :]
+        carried_tok = carried_tok * xp.astype(pieces.continues, carried.dtype)[..., None, None]  # [..., N, C, H, L]
+        # A factor of 0 keeps the history from the later pieces unless it is not finite (0 * nan):
+        # then a `where` after the products does.
+        guard = not bool(xp.all(xp.isfinite(before.numerator)) & xp.all(xp.isfinite(before.normaliser)))
     # a_t for every token: the carried normaliser plus a prefix sum of the weights, as a lower-triangular product
     prefix = xp.reshape(reads @ xp.reshape(weights, (*weights.shape[:-2], -1)), weights.shape)
-    history = _where_continued(xp, pieces, carried_tok * before.normaliser[..., None, :, :], axis=-3)
-    normaliser = prefix + history  # [..., N, C, H, L], >= 1 or 0
+    history = carried_tok * before.normaliser[..., None, :, :]
+    normaliser = prefix + (_where_continued(xp, pieces, history, axis=-3) if guard else history)  # >= 1 or 0
 
     p_latent_given_query = softmax(xp, q, axis=-1)  # [..., N, C, H, L]
     # A token with no history (a_t = 0) meets only weights of 0, so dividing its p(l | t) by 1 is exact.
@@ -449,7 +458,9 @@ def _factored(
     # Causal by a product with 0/1 rather than a where: every entry is finite here, so 0 * entry is exactly 0.
     scores = (read_hcl @ xp.moveaxis(weights, -3, -1)) * reads[..., None, :, :]  # [..., N, H, C(t), C(s)]
     from_history = (read_hcl * xp.moveaxis(carried_tok, -3, -2)) @ before.numerator  # [..., N, H, C, D]
-    y = scores @ xp.moveaxis(v, -3, -2) + _where_continued(xp, pieces, from_history, axis=-2)
+    y = scores @ xp.moveaxis(v, -3, -2) + (
+        _where_continued(xp, pieces, from_history, axis=-2) if guard else from_history
+    )
     return xp.moveaxis(y, -2, -3)
 
 
