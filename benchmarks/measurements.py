@@ -35,6 +35,7 @@ __all__ = [
     "form_row",
     "gemm_floor_row",
     "machine",
+    "packed_segment_ids",
     "peer_rows",
     "scan_rows",
     "sizes",
@@ -143,12 +144,27 @@ FORMS: dict[str, Callable[..., Any]] = {
 }
 
 
+def packed_segment_ids(n_tokens: int, n_documents: int, seed: int = 0) -> np.ndarray:
+    """Segment ids (T,) of ``n_documents`` documents of random lengths (cuts drawn uniformly) packed in one row."""
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, n_tokens), size=min(n_documents, n_tokens) - 1, replace=False))
+    return np.asarray(latte_ref.segment_ids_from_cu_seqlens([0, *cuts.tolist(), n_tokens]))
+
+
 def form_row(backend: backends.Backend, form: str, n_tokens: int, repeats: int, *, memory: bool, **extra: Any):
+    """One form's time at T (float32), and its peak memory on NumPy.
+
+    ``extra`` is recorded in the row, and may set ``chunk_size`` (causal) or ``packed``: that
+    many documents of random lengths packed in the row, passed as ``segment_ids``.
+    """
     q, k, v = random_inputs(n_tokens)
     xq, xk, xv = (backend.asarray(a, dtype="float32") for a in (q, k, v))
     fn = FORMS[form]
     if "chunk_size" in extra:
         fn = partial(latte_ref.causal, chunk_size=extra["chunk_size"])
+    if "packed" in extra:
+        ids = backend.asarray(packed_segment_ids(n_tokens, extra["packed"]), dtype="int64")
+        fn = partial(getattr(latte_ref, form), segment_ids=ids)
     row: dict[str, Any] = {"kind": "form", "backend": backend.name, "form": form, "T": n_tokens, **extra}
     row["seconds"] = best_time(lambda: fn(xq, xk, xv), backend, repeats)
     row["input_bytes"] = int(q.nbytes + k.nbytes + v.nbytes)
@@ -282,7 +298,7 @@ def scan_rows(backend: backends.Backend, n_tokens: int, repeats: int) -> list[di
             import jax
 
             fn = jax.jit(fn)
-        seconds = best_time(lambda fn=fn: fn(decay, a_local, s_local, state)[1], backend, repeats)
+        seconds = best_time(lambda fn=fn: fn(decay, None, a_local, s_local, state)[1], backend, repeats)
         rows.append(
             {
                 "kind": "scan",

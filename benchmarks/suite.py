@@ -60,6 +60,7 @@ class Config:
     recurrent_max_tokens_other: int = 16_384  # the scan pays the framework's dispatch per step off NumPy
     max_tokens_jax: int = 1 << 17  # eager JAX compiles every operation anew for each shape
     peer_unroll: int = 100  # the authors' setting; compiling it takes about half a minute
+    packed_documents: int = 64  # documents of random lengths packed in one row of target_tokens
     memory: bool = True
     quick: bool = False
 
@@ -129,6 +130,20 @@ def plan(config: Config) -> Iterator[Task]:
                         f"{name} softmax{' causal' if is_causal else ''} T={n_tokens}",
                         partial(softmax_row, backend, n_tokens, is_causal, config.repeats),
                     )
+        if name != "jax":  # eager JAX takes the per-token form: its packed row would say nothing new
+            for form in ("bidirectional", "causal"):
+                yield Task(
+                    f"{name} {form} packed={config.packed_documents} T={config.target_tokens}",
+                    partial(
+                        form_row,
+                        backend,
+                        form,
+                        config.target_tokens,
+                        config.repeats,
+                        memory=False,
+                        packed=config.packed_documents,
+                    ),
+                )
         if name == "numpy":
             for chunk_size in config.chunk_sizes:
                 yield Task(

@@ -27,7 +27,8 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str,
     n = config.target_tokens
     small, large = config.scaling_tokens
     form = {"kind": "form", "backend": "numpy"}
-    plain = [r for r in rows if "sweep" not in r]
+    plain = [r for r in rows if "sweep" not in r and "packed" not in r]
+    packed = [r for r in rows if "packed" in r]
     targets = [
         (
             "bidirectional / GEMM floor",
@@ -44,6 +45,29 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str,
             _ratio(_find(plain, **form, form="causal", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
         ),
     ]
+    documents = config.packed_documents
+    targets.append(
+        (
+            "causal (packed) / GEMM floor",
+            f"T={n}, {documents} documents",
+            6.0,
+            "<=",
+            _ratio(_find(packed, **form, form="causal", T=n), _find(plain, kind="floor", backend="numpy", T=n)),
+        )
+    )
+    for name in ("numpy", "torch"):
+        targets.append(
+            (
+                f"{name}: standard causal attention / Latte causal (packed)",
+                f"T={n}, {documents} documents",
+                10.0,
+                ">=",
+                _ratio(
+                    _find(plain, kind="softmax", backend=name, causal=True, T=n),
+                    _find(packed, kind="form", backend=name, form="causal", T=n),
+                ),
+            )
+        )
     for f in ("bidirectional", "causal", "recurrent"):
         targets.append(
             (
