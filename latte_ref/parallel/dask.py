@@ -331,21 +331,24 @@ def piece_state(xp: Any, k: Array, v: Array, keys: Array | None, piece: Array) -
     return summarise(xp, *mask_keys_and_values(xp, piece if keys is None else piece & keys, k, v))
 
 
-def forward_piece(xp: Any, k: Array, v: Array, keys: Array | None, ids: Array, previous_last: Array | None) -> Pair:
+def forward_piece(xp: Any, k: Array, v: Array, keys: Array | None, ids: Array, starts_here: Array) -> Pair:
     """The block's pair for the forward segmented scan: (a segment starts in it, the state of its last piece).
 
-    k (..., C, H, L), v (..., C, H, D); keys, ids (..., C); previous_last (...) or None.
+    k (..., C, H, L), v (..., C, H, D); keys, ids (..., C); starts_here (...), whether the block's
+    first token begins a segment (:func:`starts_at_first`).
     """
     index = segment_index(xp, segment_starts(xp, ids))  # [..., C]: the piece of each token
-    restarts = starts_at_first(xp, ids, previous_last) | xp.any(index > 0, axis=-1)
+    restarts = starts_here | xp.any(index > 0, axis=-1)
     return restarts, piece_state(xp, k, v, keys, index == index[..., -1:])
 
 
-def backward_piece(xp: Any, k: Array, v: Array, keys: Array | None, ids: Array, next_first: Array | None) -> Pair:
-    """The block's pair for the backward segmented scan: (a segment ends in it, the state of its first piece)."""
+def backward_piece(xp: Any, k: Array, v: Array, keys: Array | None, ids: Array, ends_here: Array) -> Pair:
+    """The block's pair for the backward segmented scan: (a segment ends in it, the state of its first piece).
+
+    As :func:`forward_piece`, with ends_here (...), whether a segment ends at the block's last token.
+    """
     index = segment_index(xp, segment_starts(xp, ids))
-    ends = ends_at_last(xp, ids, next_first) | xp.any(index > 0, axis=-1)
-    return ends, piece_state(xp, k, v, keys, index == 0)
+    return ends_here | xp.any(index > 0, axis=-1), piece_state(xp, k, v, keys, index == 0)
 
 
 def segmented_merge(earlier: Pair, later: Pair) -> Pair:
@@ -387,11 +390,13 @@ def packed_read(
 
 
 def _forward_piece(k: Any, v: Any, keys: Any, ids: Any, previous_last: Any) -> Pair:
-    return forward_piece(array_namespace(k, v), k, v, keys, ids, previous_last)
+    xp = array_namespace(k, v)
+    return forward_piece(xp, k, v, keys, ids, starts_at_first(xp, ids, previous_last))
 
 
 def _backward_piece(k: Any, v: Any, keys: Any, ids: Any, next_first: Any) -> Pair:
-    return backward_piece(array_namespace(k, v), k, v, keys, ids, next_first)
+    xp = array_namespace(k, v)
+    return backward_piece(xp, k, v, keys, ids, ends_at_last(xp, ids, next_first))
 
 
 def _segmented_merge(earlier: Pair, later: Pair) -> Pair:
