@@ -239,6 +239,24 @@ def test_packed_state_carries_between_calls(split: int, rng: np.random.Generator
         assert _error(y, y_ref) <= PACKED_TOLERANCE
 
 
+def test_packed_16_bit_and_empty_rows(rng: np.random.Generator) -> None:
+    """16-bit inputs are computed in float32; a row of no tokens gives no outputs and the given state."""
+    arrays, ids = _inputs(rng), _segment_ids()
+    q, k, v = (x.astype(np.float16) for x in arrays[:3])
+    dq, dk, dv = (da.from_array(x, chunks=(1, 10, H, x.shape[-1])) for x in (q, k, v))
+    for causal, form in ((True, latte_ref.causal), (False, latte_ref.bidirectional)):
+        y = form(dq, dk, dv, segment_ids=_dask_ids(ids, (1, 10)))
+        y_ref = latte_ref.definition(*(x.astype(np.float64) for x in (q, k, v)), segment_ids=ids, causal=causal)
+        assert y.dtype == np.float16 and _error(y.astype(np.float64), y_ref) <= 1e-3, form.__name__
+    q, k, v, mask = _dask(_inputs(rng, tokens=0), (1, 1, 3))
+    empty_ids = _dask_ids(np.zeros((B, 0), dtype=np.int32), (1, 1))
+    state = LatteState(*(da.from_array(x) for x in latte_ref.causal(*arrays[:3], return_state=True)[1]))
+    y, final = latte_ref.causal(q, k, v, mask=mask, segment_ids=empty_ids, state=state, return_state=True)
+    assert y.compute(scheduler="sync").shape == (B, 0, H, D)
+    assert all(np.array_equal(a.compute(), b.compute()) for a, b in zip(final, state, strict=True))
+    assert latte_ref.bidirectional(q, k, v, segment_ids=empty_ids).compute(scheduler="sync").shape == (B, 0, H, D)
+
+
 # -- the shape of the graph --------------------------------------------------------------------------------------
 
 
@@ -344,7 +362,12 @@ def test_on_a_local_cluster_of_worker_processes(rng: np.random.Generator) -> Non
     distributed = pytest.importorskip("distributed")
     arrays = _inputs(rng, tokens=96)
     q, k, v, mask = _dask(arrays, (1, 16, 3))
-    y_causal, y_bidirectional = latte_ref.causal(q, k, v, mask=mask), latte_ref.bidirectional(q, k, v, mask=mask)
+    ids = np.broadcast_to(np.arange(96) // 40, (B, 96))  # segments across the blocks of 16 tokens at 32 and 80
+    forms = [latte_ref.causal, latte_ref.bidirectional]
+    dask_ids = da.from_array(ids, chunks=(1, 16))
+    results = [form(q, k, v, mask=mask) for form in forms] + [
+        form(q, k, v, mask=mask, segment_ids=dask_ids) for form in forms
+    ]
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
@@ -352,10 +375,11 @@ def test_on_a_local_cluster_of_worker_processes(rng: np.random.Generator) -> Non
         distributed.Client(cluster) as client,
     ):
         with distributed.get_task_stream(client) as tasks:
-            causal, bidirectional = client.compute([y_causal, y_bidirectional], sync=True)
+            computed = client.compute(results, sync=True)
         workers = set(client.scheduler_info()["workers"])
     # every task ran in a worker process: per block, a state, an output, and merges
     assert len(tasks.data) >= 2 * 6 * 2 and {task["worker"] for task in tasks.data} <= workers
-    for result, form in ((causal, latte_ref.causal), (bidirectional, latte_ref.bidirectional)):
-        reference = form(*arrays[:3], mask=arrays[3])
+    references = [form(*arrays[:3], mask=arrays[3]) for form in forms]
+    references += [form(*arrays[:3], mask=arrays[3], segment_ids=ids) for form in forms]
+    for result, reference in zip(computed, references, strict=True):
         assert np.max(np.abs(result - reference)) <= TOLERANCE * np.max(np.abs(reference))
