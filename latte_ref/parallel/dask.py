@@ -178,7 +178,7 @@ def bidirectional(
     import dask.array as da
 
     q, k, v, mask, segment_ids = _aligned(q, k, v, mask, segment_ids)
-    blocks = _Blocks(q, k, v, mask, segment_ids=segment_ids, key_mask=None if key_mask is None else _lead(key_mask, q))
+    blocks = _Blocks(q, k, v, mask, segment_ids=segment_ids, key_mask=_lead(key_mask, q))
     y = np.empty(q.numblocks[:-1], dtype=object)
     for _, sequence in blocks.rows():
         y_row = (
