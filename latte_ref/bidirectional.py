@@ -92,6 +92,10 @@ def bidirectional(
         if n_queries != n_keys:
             raise ValueError(f"segment_ids needs q and k of one length, got Tq={n_queries} and Tk={n_keys}")
         starts = check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
+        if is_dask_array(q):  # each block's pieces, and a segmented scan of states each way
+            return sequence_parallel("dask").bidirectional(
+                q, k, v, mask=mask, key_mask=key_mask, segment_ids=segment_ids, out_dtype=out_dtype
+            )
         return xp.astype(_packed(xp, q, k, v, keys_taking_part(mask, key_mask), mask, starts), out_dtype, copy=False)
     if n_queries == 0:
         return xp.zeros((*q.shape[:-1], v.shape[-1]), dtype=out_dtype, device=device_of(q))

@@ -145,3 +145,115 @@ def test_a_length_the_devices_do_not_divide_is_refused(sharded: Any, rng: np.ran
     q, k, v, _ = (jax.numpy.asarray(x[:, :-1]) for x in _inputs(rng))
     with pytest.raises(ValueError, match="multiple of the 4 devices"):
         sharded.causal(q, k, v)
+
+
+# -- packed rows: segment_ids sharded as the mask ----------------------------------------------------------------
+
+# Segment lengths per row (T = 48, 12 tokens per device): in row 0 segments cross the device boundaries
+# at 24 and 36 and one has a single token; in row 1 one spans three devices and another begins at 36.
+SEGMENT_LENGTHS = ([9, 1, 10, 7, 3, 18], [1, 1, 30, 4, 12])
+PACKED_TOLERANCE = 1e-12
+
+
+def _segment_ids() -> np.ndarray:
+    return np.stack([np.repeat(5 + 2 * np.arange(len(n)), n) for n in SEGMENT_LENGTHS])
+
+
+@several_devices
+@pytest.mark.parametrize("chunk_size", [5, 12, 64], ids=lambda c: f"chunk-{c}")
+def test_packed_causal_equals_the_definition(sharded: Any, chunk_size: int, rng: np.random.Generator) -> None:
+    q, k, v, mask = _inputs(rng)
+    ids = _segment_ids()
+    y, state = sharded.causal(
+        *map(jax.numpy.asarray, (q, k, v)),
+        mask=jax.numpy.asarray(mask),
+        segment_ids=jax.numpy.asarray(ids),
+        chunk_size=chunk_size,
+        return_state=True,
+    )
+    assert _error(y, latte_ref.definition(q, k, v, mask=mask, segment_ids=ids, causal=True)) <= PACKED_TOLERANCE
+    state_ref = latte_ref.causal(q, k, v, mask=mask, segment_ids=ids, return_state=True)[1]
+    for got, expected in zip(state, state_ref, strict=True):
+        assert _error(got, expected) <= PACKED_TOLERANCE
+
+
+@several_devices
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
+def test_packed_bidirectional_equals_the_definition(sharded: Any, masked: bool, rng: np.random.Generator) -> None:
+    q, k, v, mask = _inputs(rng)
+    mask = mask if masked else None
+    ids = _segment_ids()
+    y = sharded.bidirectional(
+        *map(jax.numpy.asarray, (q, k, v)),
+        mask=None if mask is None else jax.numpy.asarray(mask),
+        segment_ids=jax.numpy.asarray(ids),
+    )
+    assert y.sharding.spec == sharded._specs("sequence", 4)[0]
+    assert _error(y, latte_ref.definition(q, k, v, mask=mask, segment_ids=ids, causal=False)) <= PACKED_TOLERANCE
+
+
+@several_devices
+@pytest.mark.parametrize("lengths", [[1] * T, [12] * 4, [T]], ids=["one-token", "one-per-device", "one-segment"])
+def test_packed_extremes(sharded: Any, lengths: list[int], rng: np.random.Generator) -> None:
+    """Segments of one token each, one segment per device (every device begins one), and one segment."""
+    q, k, v, mask = _inputs(rng)
+    ids = np.broadcast_to(np.repeat(np.arange(len(lengths)), lengths), (B, T))
+    arguments = (*map(jax.numpy.asarray, (q, k, v)),)
+    for causal, form in ((True, sharded.causal), (False, sharded.bidirectional)):
+        y = form(*arguments, mask=jax.numpy.asarray(mask), segment_ids=jax.numpy.asarray(ids))
+        y_ref = latte_ref.definition(q, k, v, mask=mask, segment_ids=ids, causal=causal)
+        assert _error(y, y_ref) <= PACKED_TOLERANCE, form.__name__
+
+
+@several_devices
+def test_packed_state_in_and_a_two_axis_mesh(sharded: Any, rng: np.random.Generator) -> None:
+    """A 2 x 2 mesh; the state after token 8 (inside a segment of each row) carries into the packed rest."""
+    q, k, v, mask = _inputs(rng)
+    ids = _segment_ids()
+    mesh = jax.make_mesh((2, 2), ("data", "sequence"))
+    head = latte_ref.causal(q[:, :8], k[:, :8], v[:, :8], mask=mask[:, :8], segment_ids=ids[:, :8], return_state=True)
+    state = latte_ref.LatteState(*map(jax.numpy.asarray, head[1]))
+    tail = [jax.numpy.asarray(x[:, 8:]) for x in (q, k, v)]
+    y, final = sharded.causal(
+        *tail,
+        mask=jax.numpy.asarray(mask[:, 8:]),
+        segment_ids=jax.numpy.asarray(ids[:, 8:]),
+        state=state,
+        mesh=mesh,
+        axis_name="sequence",
+        return_state=True,
+    )
+    y_ref, final_ref = latte_ref.causal(q, k, v, mask=mask, segment_ids=ids, return_state=True)
+    assert _error(y, y_ref[:, 8:]) <= PACKED_TOLERANCE
+    for got, expected in zip(final, final_ref, strict=True):
+        assert _error(got, expected) <= PACKED_TOLERANCE
+
+
+@several_devices
+def test_packed_gradients_equal_the_definition(sharded: Any, rng: np.random.Generator) -> None:
+    """Gradients through both packed forms at once (one compilation each side), against the dense definition."""
+    q, k, v, mask = map(jax.numpy.asarray, _inputs(rng))
+    ids = jax.numpy.asarray(_segment_ids())
+
+    def loss(causal: Any, bidirectional: Any) -> Any:
+        def both(q: Any, k: Any, v: Any) -> Any:
+            y_causal, y_bidirectional = (f(q, k, v, mask=mask, segment_ids=ids) for f in (causal, bidirectional))
+            return (y_causal**2).sum() + (y_bidirectional**3).sum()
+
+        return jax.jit(jax.grad(both, argnums=(0, 1, 2)))
+
+    def definition(causal: bool) -> Any:
+        return lambda *arrays, **options: latte_ref.definition(*arrays, causal=causal, **options)
+
+    grads = loss(sharded.causal, sharded.bidirectional)(q, k, v)
+    grads_ref = loss(definition(True), definition(False))(q, k, v)
+    for got, expected in zip(grads, grads_ref, strict=True):
+        assert _error(got, expected) <= 1e-12
+
+
+@several_devices
+def test_packed_decreasing_ids_are_refused(sharded: Any, rng: np.random.Generator) -> None:
+    q, k, v, _ = map(jax.numpy.asarray, _inputs(rng))
+    ids = jax.numpy.asarray(_segment_ids()[:, ::-1])
+    with pytest.raises(ValueError, match="must not decrease"):
+        sharded.causal(q, k, v, segment_ids=ids)

@@ -15,6 +15,14 @@ Bidirectionally the whole sequence's state is one all-reduce of the local states
 ``m = pmax(m_d)``, ``a = psum(a_d e^(m_d - m))``, ``S = psum(S_d e^(m_d - m))``, and every
 device reads its queries against it.
 
+Packed rows (``segment_ids``, sharded as the mask) gather the devices' first and last ids,
+so each device knows whether a segment starts at its first token or ends at its last, and
+scan pairs (restarts, state of the device's last piece) with the associative
+:func:`latte_ref.state.segmented_combine`: ``before_d`` is the state of the segment that
+runs into device d, however many devices it spans. Bidirectionally a second, backward scan
+of (a segment ends, state of the first piece) gives ``after_d``, and each device completes
+its first and last pieces with them (:func:`latte_ref.parallel.dask.packed_read`).
+
 Within a device the chunks of :func:`latte_ref.causal` run as a ``lax.scan`` over
 :func:`latte_ref.causal.causal_chunk`, so compiling costs one chunk, not T / (n·C).
 JAX is imported inside the functions, so importing this module needs no JAX.
@@ -44,8 +52,10 @@ from .._array import (
     mask_keys_and_values,
     mask_output,
 )
-from ..causal import DEFAULT_CHUNK_SIZE, causal_chunk
-from ..state import LatteState, check_state, combine, empty_state, read_queries, summarise
+from ..causal import DEFAULT_CHUNK_SIZE, Pieces, causal_chunk
+from ..segments import check_segment_ids, segment_starts
+from ..state import LatteState, check_state, combine, empty_state, read_queries, restart, summarise
+from .dask import backward_piece, forward_piece, packed_read, segmented_merge
 
 __all__ = ["bidirectional", "causal"]
 
@@ -61,6 +71,7 @@ def causal(
     return_state: bool = False,
     mesh: Any = None,
     axis_name: str | None = None,
+    segment_ids: Array | None = None,
 ) -> Array | tuple[Array, LatteState]:
     """:func:`latte_ref.causal` with T sharded over the mesh axis ``axis_name``.
 
@@ -68,8 +79,9 @@ def causal(
     ----------
     q, k : JAX array, shape (..., T, H, L)
     v : JAX array, shape (..., T, H, D)
-    mask, chunk_size, state, return_state
-        As for :func:`latte_ref.causal`; ``state`` and the returned state are replicated.
+    mask, segment_ids, chunk_size, state, return_state
+        As for :func:`latte_ref.causal`; ``state`` and the returned state are replicated, and
+        ``segment_ids`` (..., T) is sharded along T as the mask is. Segments may cross devices.
     mesh : jax.sharding.Mesh, optional
         The devices; a one-axis mesh of all of them when omitted.
     axis_name : str, optional
@@ -88,6 +100,7 @@ def causal(
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
     check_flag("return_state", return_state)
     xp, q, k, v, mask, out_dtype, mesh, axis_name = _prepare(q, k, v, mask, mesh, axis_name)
+    segment_ids = _segment_ids(xp, segment_ids, q, mesh, axis_name)
     if state is None:
         state = empty_state(xp, q, v, q.dtype)
     else:
@@ -95,20 +108,35 @@ def causal(
     state = _placed(state, mesh, PartitionSpec())  # replicated
     # A chunk longer than a device's slice would only be padding.
     chunk_size = min(chunk_size, q.shape[-3] // mesh.shape[axis_name])
-    y, final = _sharded_causal(mesh, axis_name, q.ndim, chunk_size)(q, k, v, mask, state)
+    if segment_ids is None:
+        y, final = _sharded_causal(mesh, axis_name, q.ndim, chunk_size)(q, k, v, mask, state)
+    else:
+        y, final = _sharded_packed_causal(mesh, axis_name, q.ndim, chunk_size)(q, k, v, mask, segment_ids, state)
     y = xp.astype(y, out_dtype)
     return (y, final) if return_state else y
 
 
 def bidirectional(
-    q: Array, k: Array, v: Array, *, mask: Array | None = None, mesh: Any = None, axis_name: str | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mask: Array | None = None,
+    mesh: Any = None,
+    axis_name: str | None = None,
+    segment_ids: Array | None = None,
 ) -> Array:
     """:func:`latte_ref.bidirectional` with T sharded over the mesh axis ``axis_name``.
 
     Arguments as for :func:`causal`; returns y (..., T, H, D), sharded along T.
     """
     xp, q, k, v, mask, out_dtype, mesh, axis_name = _prepare(q, k, v, mask, mesh, axis_name)
-    return xp.astype(_sharded_bidirectional(mesh, axis_name, q.ndim)(q, k, v, mask), out_dtype)
+    segment_ids = _segment_ids(xp, segment_ids, q, mesh, axis_name)
+    if segment_ids is None:
+        y = _sharded_bidirectional(mesh, axis_name, q.ndim)(q, k, v, mask)
+    else:
+        y = _sharded_packed_bidirectional(mesh, axis_name, q.ndim)(q, k, v, mask, segment_ids)
+    return xp.astype(y, out_dtype)
 
 
 def _prepare(q: Array, k: Array, v: Array, mask: Array | None, mesh: Any, axis_name: str | None) -> tuple[Any, ...]:
@@ -136,6 +164,14 @@ def _prepare(q: Array, k: Array, v: Array, mask: Array | None, mesh: Any, axis_n
     sequence, mask_spec = _specs(axis_name, q.ndim)
     q, k, v = _placed((q, k, v), mesh, sequence)
     return xp, q, k, v, _placed(mask, mesh, mask_spec), out_dtype, mesh, axis_name
+
+
+def _segment_ids(xp: Any, segment_ids: Array | None, q: Array, mesh: Any, axis_name: str) -> Array | None:
+    """The caller's ids (..., T) checked as the core checks them, and sharded along T as the mask is."""
+    if segment_ids is None:
+        return None
+    check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
+    return _placed(segment_ids, mesh, _specs(axis_name, q.ndim)[1])
 
 
 def _specs(axis_name: str, ndim: int) -> tuple[Any, Any]:
@@ -211,11 +247,122 @@ def _sharded_bidirectional(mesh: Any, axis_name: str, ndim: int) -> Any:
     )
 
 
-def _causal_by_chunks(q: Any, k: Any, v: Any, state: LatteState, chunk_size: int) -> Any:
+@cache
+def _sharded_packed_causal(mesh: Any, axis_name: str, ndim: int, chunk_size: int) -> Any:
+    """:func:`_sharded_causal` for packed rows: a segmented scan of the devices' (restarts, last piece) pairs."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec
+
+    n_devices = mesh.shape[axis_name]
+
+    def on_each_device(q: Any, k: Any, v: Any, mask: Any, ids: Any, state: LatteState) -> tuple[Any, LatteState]:
+        k, v = mask_keys_and_values(jnp, mask, k, v)
+        starts_here, _ = _edges(ids, axis_name, n_devices)
+        local = jax.lax.all_gather(forward_piece(jnp, k, v, None, ids, starts_here), axis_name)  # [n, ...]
+        # [(no restart, state), local_0, ..., local_(n-1)] scanned: element d is what reaches device d.
+        scanned = jax.lax.associative_scan(segmented_merge, _prepend((jnp.zeros_like(starts_here), state), local))
+        _, before = _at(scanned, jax.lax.axis_index(axis_name))
+        before = restart(jnp, before, starts_here)
+        y = _causal_by_chunks(q, k, v, before, chunk_size, starts=segment_starts(jnp, ids))
+        return mask_output(jnp, mask, y), _at(scanned, -1)[1]
+
+    sequence, mask_spec = _specs(axis_name, ndim)
+    return jax.jit(
+        jax.shard_map(
+            on_each_device,
+            mesh=mesh,
+            in_specs=(sequence, sequence, sequence, mask_spec, mask_spec, PartitionSpec()),
+            out_specs=(sequence, PartitionSpec()),
+            check_vma=False,  # the final state is the same on every device, as in _sharded_causal
+        )
+    )
+
+
+@cache
+def _sharded_packed_bidirectional(mesh: Any, axis_name: str, ndim: int) -> Any:
+    """The sharded bidirectional form for packed rows: segmented scans of pieces forwards and backwards.
+
+    Device d completes its first piece with ``before_d``, the state of that segment on the
+    devices before it, and its last piece with ``after_d``, that on the devices after it
+    (see :func:`latte_ref.parallel.dask.packed_read`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n_devices = mesh.shape[axis_name]
+
+    def on_each_device(q: Any, k: Any, v: Any, mask: Any, ids: Any) -> Any:
+        k_in, v_in = mask_keys_and_values(jnp, mask, k, v)
+        starts_here, ends_here = _edges(ids, axis_name, n_devices)
+        forward = jax.lax.all_gather(forward_piece(jnp, k_in, v_in, None, ids, starts_here), axis_name)
+        backward = jax.lax.all_gather(backward_piece(jnp, k_in, v_in, None, ids, ends_here), axis_name)
+        empty = (jnp.zeros_like(starts_here), empty_state(jnp, q, v, q.dtype))
+        # before_d: the forward scan up to device d - 1; after_d: the backward scan from device d + 1.
+        before = _prepend(empty, jax.lax.associative_scan(segmented_merge, forward))
+        after = _append(jax.lax.associative_scan(segmented_merge, backward, reverse=True), empty)
+        device = jax.lax.axis_index(axis_name)
+        state_before = restart(jnp, _at(before, device)[1], starts_here)
+        state_after = restart(jnp, _at(after, device + 1)[1], ends_here)
+        return packed_read(jnp, q, k, v, mask, None, ids, state_before, state_after)
+
+    sequence, mask_spec = _specs(axis_name, ndim)
+    return jax.jit(
+        jax.shard_map(
+            on_each_device,
+            mesh=mesh,
+            in_specs=(sequence, sequence, sequence, mask_spec, mask_spec),
+            out_specs=sequence,
+            check_vma=False,
+        )
+    )
+
+
+def _edges(ids: Any, axis_name: str, n_devices: int) -> tuple[Any, Any]:
+    """(...) bool each: this device's first token begins a segment; a segment ends at its last token.
+
+    The ids (..., T_d) of the neighbouring devices' edge tokens come from an all_gather of
+    every device's first and last ids.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    device = jax.lax.axis_index(axis_name)
+    firsts, lasts = jax.lax.all_gather((ids[..., 0], ids[..., -1]), axis_name)  # [n, ...] each
+    previous_last = lasts[jnp.maximum(device - 1, 0)]
+    next_first = firsts[jnp.minimum(device + 1, n_devices - 1)]
+    return (device > 0) & (ids[..., 0] != previous_last), (device < n_devices - 1) & (ids[..., -1] != next_first)
+
+
+def _prepend(first: Any, rest: Any) -> Any:
+    """The pytree ``first`` put before the stacked pytree ``rest`` (leading axis n) -> n + 1."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+
+
+def _append(rest: Any, last: Any) -> Any:
+    """The pytree ``last`` put after the stacked pytree ``rest`` (leading axis n) -> n + 1."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), rest, last)
+
+
+def _at(stacked: Any, i: Any) -> Any:
+    """Element ``i`` of a stacked pytree."""
+    import jax
+
+    return jax.tree.map(lambda a: a[i], stacked)
+
+
+def _causal_by_chunks(q: Any, k: Any, v: Any, state: LatteState, chunk_size: int, starts: Any = None) -> Any:
     """The chunk loop of :func:`latte_ref.causal` as a ``lax.scan``: (..., T, H, L/D) -> y (..., T, H, D).
 
     k must already be masked (``-inf`` for padding). T is padded to a multiple of C with
-    tokens that are no key (k = -inf, v = 0), whose outputs are dropped.
+    tokens that are no key (k = -inf, v = 0), whose outputs are dropped. starts: (..., T) bool,
+    True where a packed segment begins, or None; every chunk then keeps to its pieces.
     """
     import jax
     import jax.numpy as jnp
@@ -225,14 +372,22 @@ def _causal_by_chunks(q: Any, k: Any, v: Any, state: LatteState, chunk_size: int
     pad[-3] = (0, -n_tokens % chunk_size)
     q, v = jnp.pad(q, pad), jnp.pad(v, pad)
     k = jnp.pad(k, pad, constant_values=-jnp.inf)
+    if starts is None:
+        starts = jnp.zeros(q.shape[:-2], dtype=bool)
+        pieces = False
+    else:
+        starts = jnp.pad(starts, pad[:-2])
+        pieces = True
 
     def by_chunk(x: Any) -> Any:  # [..., T, H, X] -> [T / C, ..., C, H, X]
         return jnp.moveaxis(x.reshape(*x.shape[:-3], -1, chunk_size, *x.shape[-2:]), -4, 0)
 
-    def one_chunk(state: LatteState, chunk: tuple[Any, Any, Any]) -> tuple[LatteState, Any]:
-        y, state = causal_chunk(jnp, *chunk, state)
+    def one_chunk(state: LatteState, chunk: tuple[Any, Any, Any, Any]) -> tuple[LatteState, Any]:
+        q, k, v, starts = chunk
+        y, state = causal_chunk(jnp, q, k, v, state, pieces=Pieces.of(jnp, starts) if pieces else None)
         return state, y
 
-    _, y = jax.lax.scan(one_chunk, state, (by_chunk(q), by_chunk(k), by_chunk(v)))  # [T / C, ..., C, H, D]
+    chunk_starts = jnp.moveaxis(starts.reshape(*starts.shape[:-1], -1, chunk_size), -2, 0)  # [T / C, ..., C]
+    _, y = jax.lax.scan(one_chunk, state, (by_chunk(q), by_chunk(k), by_chunk(v), chunk_starts))
     y = jnp.moveaxis(y, 0, -4)
     return y.reshape(*y.shape[:-4], -1, *y.shape[-2:])[..., :n_tokens, :, :]
