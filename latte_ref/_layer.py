@@ -242,6 +242,7 @@ def latte_attention(
     *,
     causal: bool,
     mask: Array | None = None,
+    segment_ids: Array | None = None,
     form: Form | None = None,
     context: Array | None = None,
     context_mask: Array | None = None,
@@ -256,6 +257,9 @@ def latte_attention(
         Causal (each token sees itself and the past) or bidirectional.
     mask : bool array, shape (..., T), optional
         True for a real token; padded positions give 0 before the output projection.
+    segment_ids : integer array, shape (..., T), optional
+        The document of each token of a packed row, never decreasing along T: a token attends only to
+        its own document's tokens (not with ``context``).
     form : {None, "definition", "recurrent"}
         ``None`` runs the fast form (:func:`bidirectional` or :func:`causal`),
         ``"definition"`` the O(T²) oracle, ``"recurrent"`` the token-by-token scan (causal only).
@@ -293,6 +297,8 @@ def latte_attention(
     if context is not None:
         if causal:
             raise ValueError("cross-attention (a context) exists only for causal=False")
+        if segment_ids is not None:
+            raise ValueError("segment_ids marks the documents of x; cross-attention (a context) takes none")
         return _cross_attention(xp, x, params, mask=mask, form=form, context=context, context_mask=context_mask)
     if context_mask is not None:
         raise ValueError("context_mask is given without a context")
@@ -301,7 +307,7 @@ def latte_attention(
     q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
     k = split_heads(xp, x @ params.wk, heads)  # [..., T, H, L]
     v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
-    y, _ = run_form(q, k, v, causal=causal, form=form, mask=mask)
+    y, _ = run_form(q, k, v, causal=causal, form=form, mask=mask, segment_ids=segment_ids)
     return merge_heads(xp, y, params.wo)
 
 
@@ -329,7 +335,12 @@ def _cross_attention(
 
 
 def stream(
-    x: Array, params: LatteParams, *, mask: Array | None = None, state: LatteState | None = None
+    x: Array,
+    params: LatteParams,
+    *,
+    mask: Array | None = None,
+    segment_ids: Array | None = None,
+    state: LatteState | None = None,
 ) -> tuple[Array, LatteState]:
     """The causal layer after the history ``state`` (None: an empty one): its output and the state after x.
 
@@ -346,7 +357,7 @@ def stream(
     q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
     k = split_heads(xp, x @ params.wk, heads)
     v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]
-    y, state_after = causal_form(q, k, v, mask=mask, state=state, return_state=True)
+    y, state_after = causal_form(q, k, v, mask=mask, segment_ids=segment_ids, state=state, return_state=True)
     return merge_heads(xp, y, params.wo), state_after
 
 
@@ -356,6 +367,7 @@ def apply_layer(
     *,
     causal: bool,
     mask: Array | None = None,
+    segment_ids: Array | None = None,
     state: LatteState | None = None,
     return_state: bool = False,
     context: Array | None = None,
@@ -371,12 +383,14 @@ def apply_layer(
     if context is not None or context_mask is not None:
         if causal or state is not None or return_state:
             raise ValueError("context (cross-attention) needs causal=False and no state")
-        return latte_attention(x, params, causal=False, mask=mask, context=context, context_mask=context_mask)
+        return latte_attention(
+            x, params, causal=False, mask=mask, segment_ids=segment_ids, context=context, context_mask=context_mask
+        )
     if state is None and not return_state:
-        return latte_attention(x, params, causal=causal, mask=mask)
+        return latte_attention(x, params, causal=causal, mask=mask, segment_ids=segment_ids)
     if not causal:
         raise ValueError("state and return_state exist only for causal=True")
-    y, state_after = stream(x, params, mask=mask, state=state)
+    y, state_after = stream(x, params, mask=mask, segment_ids=segment_ids, state=state)
     return (y, state_after) if return_state else y
 
 
@@ -389,7 +403,14 @@ def check_form(form: object, causal: bool) -> None:
 
 
 def run_form(
-    q: Array, k: Array, v: Array, *, causal: bool, form: Form | None, mask: Array | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool,
+    form: Form | None,
+    mask: Array | None = None,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, LatteState | None]:
     """Latte in the chosen form: q, k (..., T, H, L), v (..., T, H, D) -> y (..., T, H, D) and a state.
 
@@ -398,13 +419,13 @@ def run_form(
     """
     state = None
     if form == "definition":
-        y = definition(q, k, v, causal=causal, mask=mask)
+        y = definition(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids)
     elif form == "recurrent":
-        y = recurrent(q, k, v, mask=mask)
+        y = recurrent(q, k, v, mask=mask, segment_ids=segment_ids)
     elif causal:
-        y, state = causal_form(q, k, v, mask=mask, return_state=True)
+        y, state = causal_form(q, k, v, mask=mask, segment_ids=segment_ids, return_state=True)
     else:
-        y = bidirectional(q, k, v, mask=mask)
+        y = bidirectional(q, k, v, mask=mask, segment_ids=segment_ids)
     return y, state
 
 

@@ -225,3 +225,19 @@ def test_packed_gradients_equal_those_of_the_documents(framework, form):
         "qkv", gradients(GRADIENT_FORMS[form], True), gradients(GRADIENT_FORMS[form], False), strict=True
     ):
         assert relative_error(packed, alone) <= 1e-12, name
+
+
+# -- the layers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_the_torch_layer_takes_packed_rows(causal):
+    torch = pytest.importorskip("torch")
+    from latte_ref.layers.torch import LatteAttention
+
+    layer = LatteAttention(16, 8, 2, causal=causal, dtype=torch.float64)
+    x = torch.randn(2, T, 16, dtype=torch.float64)
+    y = layer(x, segment_ids=torch.tensor(_ids()))
+    for row, cu in enumerate(PACKINGS):
+        for doc in _documents(cu):
+            assert relative_error(y[row, doc].detach().numpy(), layer(x[row, doc]).detach().numpy()) <= 1e-12

@@ -89,6 +89,7 @@ class LatteAttention(nnx.Module):
         x: jax.Array,
         *,
         mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
         state: LatteState | None = None,
         return_state: bool = False,
         context: jax.Array | None = None,
@@ -97,7 +98,8 @@ class LatteAttention(nnx.Module):
         """Latte over x: (B, T, d_model) -> (B, T, d_model), and the state after x when ``return_state``.
 
         The arguments are those of :meth:`latte_ref.layers.torch.LatteAttention.forward`: ``mask`` (B, T)
-        True for a real token; ``state`` and ``return_state`` for ``causal=True``, streaming as
+        True for a real token; ``segment_ids`` (B, T) the documents of a packed row; ``state`` and
+        ``return_state`` for ``causal=True``, streaming as
         :func:`latte_ref.causal`; ``context`` (B, Tk, d_model) and ``context_mask`` (B, Tk) for
         cross-attention with ``causal=False``.
         """
@@ -106,6 +108,7 @@ class LatteAttention(nnx.Module):
             self.to_params(),
             causal=self.causal,
             mask=mask,
+            segment_ids=segment_ids,
             state=state,
             return_state=return_state,
             context=context,

@@ -96,6 +96,7 @@ class LatteAttention(nn.Module):
         x: torch.Tensor,
         *,
         mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
         state: LatteState | None = None,
         return_state: bool = False,
         context: torch.Tensor | None = None,
@@ -108,6 +109,9 @@ class LatteAttention(nn.Module):
         x : tensor, shape (B, T, d_model)
         mask : bool tensor, shape (B, T), optional
             True for a real token of x; padded tokens are no key and give 0 before the output projection.
+        segment_ids : integer tensor, shape (B, T), optional
+            The document of each token of a packed row, never decreasing along T: a token attends
+            only to its own document (:func:`latte_ref.segment_ids_from_cu_seqlens` makes them).
         state : LatteState, optional
             ``causal=True`` only: the state after the tokens before x, as :func:`latte_ref.causal` streams.
         return_state : bool
@@ -127,6 +131,7 @@ class LatteAttention(nn.Module):
             self.to_params(),
             causal=self.causal,
             mask=mask,
+            segment_ids=segment_ids,
             state=state,
             return_state=return_state,
             context=context,
