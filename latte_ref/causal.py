@@ -86,7 +86,7 @@ def causal(
 
     This is the recurrence of :func:`latte_ref.recurrent` evaluated a chunk at a
     time, with every chunk weighed against one reference (the running max at its
-    end) so that it becomes two matrix products; see the module docstring for the
+    first token) so that it becomes two matrix products; see the module docstring for the
     bound under which that is exact and for the per-token form used beyond it.
     Chunks are taken :data:`BLOCK_TOKENS` at a time, so memory is O(T·H·D) for the
     output plus O(BLOCK_TOKENS·H·(L + C + D)). Results do not depend on
