@@ -22,6 +22,10 @@ value is not finite, the chunk is computed again with the per-token form
 whose values cannot be read while they are traced, every chunk takes the
 per-token form: a rule that does not depend on the data. (Dask arrays go to the
 sequence-parallel graph, whose tasks run this function on NumPy blocks.)
+
+Packed documents (``segment_ids``) cut chunks into pieces, one per document
+(:class:`Pieces`): the products keep to a piece, each piece has its own reference,
+and the recurrence over the chunks starts again where a document starts.
 """
 
 from __future__ import annotations
