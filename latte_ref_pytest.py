@@ -118,7 +118,7 @@ class LatteCaseItem(pytest.Item):
         from latte_ref.testing.validate import validate
 
         if self.skipped:
-            pytest.skip(f"{self.name} {self.skipped.replace('(--with-', '(--latte-with-')}")
+            pytest.skip(f"{self.name} {self.skipped.replace('--with-', '--latte-with-')}")
         options = _options(self.config)
         report = validate(options.pop("impl"), cases=[self.name], **options)
         if not report.passed:

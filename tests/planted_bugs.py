@@ -18,14 +18,15 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def _starts(segment_ids, *, late: int = 0):
-    """(..., T) bool, True where a document begins (never at the first token): where the id changes.
+def _starts(segment_ids, *, late: int = 0, first: bool = False):
+    """(..., T) bool, True where a document begins: where the id changes; at the first token only if ``first``.
 
     ``late`` moves every boundary that many tokens later: a document's first tokens count in the one before.
     """
     starts = segment_ids[..., 1:] != segment_ids[..., :-1]  # [..., T - 1]: token t + 1 begins a document
-    never = np.zeros((*segment_ids.shape[:-1], 1 + late), dtype=bool)
-    starts = np.concatenate([never, starts], axis=-1)  # [..., T + late]
+    before = np.zeros((*segment_ids.shape[:-1], 1 + late), dtype=bool)
+    before[..., 0] = first
+    starts = np.concatenate([before, starts], axis=-1)  # [..., T + late]
     return starts[..., : segment_ids.shape[-1]]
 
 
@@ -152,16 +153,33 @@ def segment_boundary_late(q, k, v, segment_ids=None):
     return _quadratic(q, k, v, documents=documents)
 
 
-def state_reset_late(q, k, v, segment_ids=None, state=None, return_state=False):
-    """A recurrence that empties its state one token after a document starts, not at its first token."""
-    restarts = None if segment_ids is None else _starts(segment_ids, late=1)
+def state_not_reset_on_chunk_edge(q, k, v, segment_ids=None):
+    """A kernel in chunks of 64 tokens that empties its state where a document starts inside a chunk,
+    but carries the state of the document before into one that starts on a chunk's first token."""
+    restarts = None if segment_ids is None else _starts(segment_ids)
+    if restarts is not None:
+        restarts = restarts & (np.arange(q.shape[-3]) % 64 != 0)
+    return _recurrence(q, k, v, restarts=restarts)
+
+
+def running_max_not_reset(q, k, v, segment_ids=None):
+    """A new document empties the normaliser and numerator but keeps the running max of the one before."""
+    restarts = None if segment_ids is None else _starts(segment_ids)
+    return _recurrence(q, k, v, restarts=restarts, keep_max=True)
+
+
+def first_token_starts_a_document(q, k, v, segment_ids=None, state=None, return_state=False):
+    """Starts found as ``[True, ids[1:] != ids[:-1]]``: every call drops the state it is given."""
+    restarts = None if segment_ids is None else _starts(segment_ids, first=True)
     return _recurrence(q, k, v, restarts=restarts, state=state, return_state=return_state)
 
 
-def running_max_not_reset(q, k, v, segment_ids=None, state=None, return_state=False):
-    """A new document empties the normaliser and numerator but keeps the running max of the one before."""
-    restarts = None if segment_ids is None else _starts(segment_ids)
-    return _recurrence(q, k, v, restarts=restarts, keep_max=True, state=state, return_state=return_state)
+def padding_read_in_documents(q, k, v, mask=None, segment_ids=None):
+    """With ``segment_ids``, padding zeroed in the output but still read as keys within its document."""
+    if segment_ids is None:
+        return latte_ref.causal(q, k, v, mask=mask)
+    y = latte_ref.causal(q, k, v, segment_ids=segment_ids)
+    return y if mask is None else np.where(mask[..., None, None], y, 0).astype(q.dtype)
 
 
 # name -> (candidate, validate keyword arguments, the cases expected to catch it at least)
@@ -177,6 +195,14 @@ PLANTED: dict[str, tuple[Any, dict[str, Any]]] = {
     "mask_ignored_for_keys": (mask_ignored_for_keys, {"form": "causal", "with_mask": True}),
     "state_dropped": (state_dropped, {"form": "causal", "with_state": True}),
     "segment_boundary_late": (segment_boundary_late, {"form": "causal", "with_segments": True}),
-    "state_reset_late": (state_reset_late, {"form": "causal", "with_segments": True, "with_state": True}),
+    "state_not_reset_on_chunk_edge": (state_not_reset_on_chunk_edge, {"form": "causal", "with_segments": True}),
     "running_max_not_reset": (running_max_not_reset, {"form": "causal", "with_segments": True}),
+    "first_token_starts_a_document": (
+        first_token_starts_a_document,
+        {"form": "causal", "with_segments": True, "with_state": True},
+    ),
+    "padding_read_in_documents": (
+        padding_read_in_documents,
+        {"form": "causal", "with_segments": True, "with_mask": True},
+    ),
 }

@@ -39,8 +39,10 @@ CAUGHT_BY = {
     "mask_ignored_for_keys": "mask_left",
     "state_dropped": "state_cuts_increasing",
     "segment_boundary_late": "packed_rows",
-    "state_reset_late": "packed_state_cuts",
+    "state_not_reset_on_chunk_edge": "packed_across_chunks",
     "running_max_not_reset": "packed_logit_jump",
+    "first_token_starts_a_document": "packed_state_cuts",
+    "padding_read_in_documents": "packed_padding",
 }
 
 
