@@ -98,6 +98,8 @@ def test_without_segments_the_packed_cases_are_reported_as_skipped_with_why(tmp_
     rows = {row["name"]: row for row in report.to_json()["results"]}
     assert rows["packed_rows"]["status"] == "SKIP" and rows["packed_rows"]["skipped"].startswith("needs segment_ids=")
     assert rows["packed_rows"]["segments"] == [[7, 20, 14], [3, 5, 9, 2, 22]] and rows["t1"]["status"] == "PASS"
+    assert rows["packed_rows"]["max_abs"] is None and rows["packed_rows"]["tolerance"]["rule"] == "not run"
+    json.dumps(report.to_json(), allow_nan=False)  # strict JSON: no NaN for what was not measured
     assert os.listdir(tmp_path) == []  # a skipped case is no failure: nothing saved
 
 

@@ -145,6 +145,7 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
+        """The settings, the verdict and one row per case, as JSON data (a skipped row measures nothing: null)."""
         rows = []
         for r in self.results:
             row = asdict(r)
@@ -154,6 +155,8 @@ class Report:
                 "max_abs": r.tolerance.max_abs,
                 "rule": r.tolerance.rule,
             }
+            if r.skipped:
+                row["max_abs"] = row["rel_rms"] = row["tolerance"]["rel_rms"] = row["tolerance"]["max_abs"] = None
             rows.append(row)
         worst = self.worst
         return {
