@@ -40,6 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--latte-with-state", action="store_true", help="it takes state=/return_state= (adds cut-point cases)"
     )
+    group.addoption(
+        "--latte-with-segments",
+        action="store_true",
+        help="it takes segment_ids= (runs the packed cases, which are otherwise skipped)",
+    )
     group.addoption("--latte-seed", type=int, default=0, help="suite seed (default: 0)")
     group.addoption(
         "--latte-logit-scale",
@@ -78,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
             options["logit_scale"],
             options["batch_axes"],
             None,
+            with_segments=options["with_segments"],
         )
     except UsageError as exc:
         raise pytest.UsageError(f"--latte-impl {options['impl']}: {exc}") from None
@@ -91,20 +97,28 @@ class LatteSuite(pytest.Collector):
     """The conformance cases for the candidate named on the command line."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from latte_ref.testing.cases import case_names
+        from latte_ref.testing.cases import case_names, skipped_cases
 
         options = _options(self.config)
-        names = case_names(options["form"], with_mask=options["with_mask"], with_state=options["with_state"])
-        for name in names:
+        flags = {key: options[key] for key in ("with_mask", "with_state", "with_segments")}
+        for name in case_names(options["form"], **flags):
             yield LatteCaseItem.from_parent(self, name=name)
+        for name, why in skipped_cases(options["form"], **flags).items():
+            yield LatteCaseItem.from_parent(self, name=name, skipped=why)
 
 
 class LatteCaseItem(pytest.Item):
-    """One conformance case, passing when the candidate is within tolerance."""
+    """One conformance case, passing when the candidate is within tolerance; skipped, with why, when it cannot run."""
+
+    def __init__(self, *, skipped: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.skipped = skipped
 
     def runtest(self) -> None:
         from latte_ref.testing.validate import validate
 
+        if self.skipped:
+            pytest.skip(f"{self.name} {self.skipped.replace('--with-', '--latte-with-')}")
         options = _options(self.config)
         report = validate(options.pop("impl"), cases=[self.name], **options)
         if not report.passed:
@@ -137,6 +151,7 @@ def _options(config: pytest.Config) -> dict[str, Any]:
         "layout": config.getoption("latte_layout"),
         "with_mask": config.getoption("latte_with_mask"),
         "with_state": config.getoption("latte_with_state"),
+        "with_segments": config.getoption("latte_with_segments"),
         "seed": config.getoption("latte_seed"),
         "logit_scale": config.getoption("latte_logit_scale"),
         "batch_axes": config.getoption("latte_batch_axes"),

@@ -13,11 +13,18 @@ from planted_bugs import PLANTED
 
 import latte_ref
 from latte_ref import cli
-from latte_ref.testing import case_names, gated_linear_attention, generate_cases, make_case, validate
+from latte_ref.testing import (
+    case_names,
+    gated_linear_attention,
+    generate_cases,
+    make_case,
+    skipped_cases,
+    validate,
+)
 from latte_ref.testing.tolerance import errors
 
 # The planted bugs are O(T²) or per-token Python loops: the long case is left to the correct implementations.
-SHORT = [n for n in case_names("causal", with_mask=True, with_state=True) if n != "long"]
+SHORT = [n for n in case_names("causal", with_mask=True, with_state=True, with_segments=True) if n != "long"]
 
 # For each bug, cases that must be among those that catch it (the mechanism the case was built for).
 CAUGHT_BY = {
@@ -31,13 +38,21 @@ CAUGHT_BY = {
     "perturbed_1e-3": "t_prime_37",
     "mask_ignored_for_keys": "mask_left",
     "state_dropped": "state_cuts_increasing",
+    "segment_boundary_late": "packed_rows",
+    "state_not_reset_on_chunk_edge": "packed_across_chunks",
+    "running_max_not_reset": "packed_logit_jump",
+    "first_token_starts_a_document": "packed_state_cuts",
+    "padding_read_in_documents": "packed_padding",
 }
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
 def test_planted_bug_is_rejected(bug, tmp_path):
     candidate, settings = PLANTED[bug]
-    names = [n for n in SHORT if n in case_names(settings["form"], with_mask=True, with_state=True)]
+    packed = settings.get("with_segments", False)
+    names = [
+        n for n in SHORT if n in case_names(settings["form"], with_mask=True, with_state=True, with_segments=packed)
+    ]
     report = validate(candidate, cases=names, save_dir=tmp_path, **settings)
     failed = {r.name for r in report.results if not r.passed}
     assert not report.passed
@@ -52,25 +67,26 @@ def _head_first(q, k, v):
 @pytest.mark.parametrize(
     ("candidate", "settings"),
     [
-        (latte_ref.causal, {"form": "causal", "with_mask": True, "with_state": True}),
-        (latte_ref.causal, {"form": "causal", "dtype": "float64", "with_mask": True, "with_state": True}),
-        (latte_ref.bidirectional, {"form": "bidirectional", "with_mask": True}),
+        (latte_ref.causal, {"form": "causal", "with_mask": True, "with_state": True, "with_segments": True}),
+        (
+            latte_ref.causal,
+            {"form": "causal", "dtype": "float64", "with_mask": True, "with_state": True, "with_segments": True},
+        ),
+        (latte_ref.bidirectional, {"form": "bidirectional", "with_mask": True, "with_segments": True}),
         (latte_ref.step, {"form": "step", "with_mask": True}),
         (gated_linear_attention, {"form": "causal", "with_mask": True}),
         (gated_linear_attention, {"form": "causal", "dtype": "float64", "with_mask": True}),
         (_head_first, {"form": "causal", "layout": "BHTD"}),
-        (latte_ref.causal, {"form": "causal", "dtype": "float16"}),
+        (latte_ref.causal, {"form": "causal", "dtype": "float16", "with_segments": True}),
     ],
     ids=["causal-f32", "causal-f64", "bidirectional", "step", "gla-f32", "gla-f64", "bhtd", "causal-f16"],
 )
 def test_correct_implementations_pass(candidate, settings, tmp_path):
     report = validate(candidate, save_dir=tmp_path, **settings)
     assert report.passed, report
-    assert len(report.results) == len(
-        case_names(
-            settings["form"], with_mask=settings.get("with_mask", False), with_state=settings.get("with_state", False)
-        )
-    )
+    flags = {key: settings.get(key, False) for key in ("with_mask", "with_state", "with_segments")}
+    assert [r.name for r in report.run] == case_names(settings["form"], **flags)
+    assert {r.name: r.skipped for r in report.results if r.skipped} == skipped_cases(settings["form"], **flags)
 
 
 def _native_cases(form, slow):

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--with-state", action="store_true", help="it takes state= and return_state= (adds cut-point cases)"
     )
     parser.add_argument(
+        "--with-segments",
+        action="store_true",
+        help="it takes segment_ids= (runs the packed cases, which are otherwise reported as skipped)",
+    )
+    parser.add_argument(
         "--logit-scale",
         type=_logit_scale,
         default=None,
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             layout=args.layout,
             with_mask=args.with_mask,
             with_state=args.with_state,
+            with_segments=args.with_segments,
             seed=args.seed,
             cases=args.case,
             save_dir=args.save_dir,

@@ -1,7 +1,7 @@
 """Check another Latte implementation against latte-ref: a conformance suite in one call.
 
 :func:`validate` runs a candidate (a kernel, a port, a model's attention) through
-edge shapes, adversarial logits, padding, carried state and long sequences, and
+edge shapes, adversarial logits, padding, carried state, long and packed sequences, and
 compares each output with the float64 reference under a written-down tolerance
 model (:mod:`latte_ref.testing.tolerance`). ``latte-ref validate`` and the pytest
 plugin (``pytest --latte-impl pkg.module:function``) run the same suite.
@@ -19,7 +19,7 @@ This subpackage is part of the core: it sees arrays only through
 from __future__ import annotations
 
 from .candidate import CandidateError, UsageError
-from .cases import FORMS, ValidationCase, case_names, generate_cases, make_case
+from .cases import FORMS, ValidationCase, case_names, generate_cases, make_case, packed_names, skipped_cases
 from .inputs import random_qkv
 from .matrix import Case, matrix
 from .references import gated_linear_attention
@@ -48,7 +48,9 @@ __all__ = [
     "load_candidate",
     "make_case",
     "matrix",
+    "packed_names",
     "random_qkv",
     "relative_error",
+    "skipped_cases",
     "validate",
 ]

@@ -1,13 +1,18 @@
-"""The conformance cases: edge shapes, adversarial logits, padding, carried state and long sequences.
+"""The conformance cases: edge shapes, adversarial logits, padding, carried state, long and packed sequences.
 
 Every case is plain float64 NumPy data drawn from a generator seeded by the suite
 seed and the case's name, so ``(name, seed)`` reproduces a case exactly on any
 machine. The arrays are cast to the candidate's backend, device and dtype only
 when it is run.
+
+The packed cases (``packed_*``) hold several documents per row, told apart by
+``segment_ids``; they run only for a candidate that takes ``segment_ids=``, and
+:func:`skipped_cases` says why each of them does not run otherwise.
 """
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +21,23 @@ import numpy as np
 
 from .inputs import random_qkv
 
-__all__ = ["FORMS", "ValidationCase", "case_names", "generate_cases", "make_case"]
+__all__ = [
+    "FORMS",
+    "PACKED_FORMS",
+    "ValidationCase",
+    "case_names",
+    "generate_cases",
+    "make_case",
+    "packed_names",
+    "segment_lengths",
+    "skipped_cases",
+]
 
 FORMS = ("bidirectional", "causal", "step")
 """The contracts a candidate can follow (see :func:`latte_ref.testing.validate`)."""
+
+PACKED_FORMS = ("bidirectional", "causal")
+"""The forms whose contract has ``segment_ids=`` (a ``step`` has no time axis to pack)."""
 
 LONG_T = 4096
 """Tokens in the long-sequence cases: far beyond any chunk size, short enough to run on CPU in a second."""
@@ -44,6 +62,8 @@ class ValidationCase:
     cuts : tuple of int
         Token positions where the sequence is cut into calls that carry the state
         (empty: one call over the whole sequence).
+    segment_ids : int ndarray, shape (..., T), or None
+        Only in the packed cases: the document of each token, never decreasing along T.
     """
 
     name: str
@@ -54,6 +74,7 @@ class ValidationCase:
     v: np.ndarray
     mask: np.ndarray | None = None
     cuts: tuple[int, ...] = field(default_factory=tuple)
+    segment_ids: np.ndarray | None = None
 
     @property
     def shape(self) -> str:
@@ -63,6 +84,14 @@ class ValidationCase:
     @property
     def n_tokens(self) -> int:
         return int(self.q.shape[-3])
+
+    @property
+    def segments(self) -> list[list[int]] | None:
+        """The documents' lengths in each row (batch axes flattened), for the report; None when not packed."""
+        if self.segment_ids is None:
+            return None
+        rows = self.segment_ids.reshape(-1, self.segment_ids.shape[-1])
+        return [segment_lengths(row) for row in rows]
 
 
 def case_rng(seed: int, name: str) -> np.random.Generator:
@@ -130,15 +159,175 @@ def _mask_random(rng: np.random.Generator, batch: int, t: int) -> np.ndarray:
     return rng.random((batch, t)) < 0.7
 
 
-def case_names(form: str, *, with_mask: bool = False, with_state: bool = False) -> list[str]:
-    """The names of the cases :func:`generate_cases` makes for these flags, in order."""
+def case_names(
+    form: str, *, with_mask: bool = False, with_state: bool = False, with_segments: bool = False
+) -> list[str]:
+    """The names of the cases :func:`generate_cases` makes for these flags, in order.
+
+    Examples
+    --------
+    >>> from latte_ref.testing import case_names
+    >>> [n for n in case_names("causal", with_segments=True) if n.startswith("packed_")]
+    ['packed_rows', 'packed_length_one', 'packed_across_chunks', 'packed_logit_jump']
+    """
     _check_form(form)
     names = list(_base_builders())
     if with_mask:
         names += [*_masks(2, 2), "mask_random"]
     if with_state and form == "causal":
         names += ["state_cuts", "state_cuts_increasing"]
+    if with_segments:
+        skipped = skipped_cases(form, with_mask=with_mask, with_state=with_state, with_segments=True)
+        names += [name for name in packed_names(form) if name not in skipped]
     return names
+
+
+def packed_names(form: str) -> list[str]:
+    """Every packed case of a form, whatever the flags: none for ``step``, the cut ones for ``causal`` only."""
+    _check_form(form)
+    if form not in PACKED_FORMS:
+        return []
+    return [name for name, packing in _packings().items() if form == "causal" or "state" not in packing.needs]
+
+
+def skipped_cases(
+    form: str, *, with_mask: bool = False, with_state: bool = False, with_segments: bool = False
+) -> dict[str, str]:
+    """The packed cases of ``form`` that these flags leave out -> why: what the candidate must take.
+
+    Examples
+    --------
+    >>> from latte_ref.testing import skipped_cases
+    >>> skipped_cases("bidirectional")["packed_rows"]
+    'needs segment_ids= (--with-segments)'
+    >>> skipped_cases("causal", with_segments=True)
+    {'packed_padding': 'needs mask= (--with-mask)', 'packed_state_cuts': 'needs state= (--with-state)'}
+    """
+    given = {"segments": with_segments, "mask": with_mask, "state": with_state}
+    reasons = {}
+    for name in packed_names(form):
+        missing = [need for need in ("segments", *_packings()[name].needs) if not given[need]]
+        if missing:
+            keywords = " and ".join(_CAPABILITIES[need][0] for need in missing)
+            flags = " ".join(_CAPABILITIES[need][1] for need in missing)
+            reasons[name] = f"needs {keywords} ({flags})"
+    return reasons
+
+
+_CAPABILITIES = {
+    "segments": ("segment_ids=", "--with-segments"),
+    "mask": ("mask=", "--with-mask"),
+    "state": ("state=", "--with-state"),
+}
+"""What a packed case may need of the candidate beyond q, k, v -> (its keyword, the command-line flag)."""
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a packed case fills its rows: the documents' lengths in each row, and what else it needs.
+
+    Row r numbers its documents ``5 r, 5 r + (r + 1), ...``: ids need be neither 0-based nor consecutive.
+    """
+
+    description: str
+    rows: tuple[tuple[int, ...], ...]
+    needs: tuple[str, ...] = ()
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.rows[0])
+
+    def segment_ids(self) -> np.ndarray:
+        """(rows, T) int32: each row's documents one after another."""
+        if any(sum(row) != self.n_tokens for row in self.rows):
+            raise ValueError(f"every row must hold {self.n_tokens} tokens, got {[sum(r) for r in self.rows]}")
+        return np.stack([segment_ids_of(row, first=5 * r, step=r + 1) for r, row in enumerate(self.rows)])
+
+
+def _packings() -> dict[str, Packing]:
+    return {
+        "packed_rows": Packing("packed: 3 and 5 documents in the two rows", ((7, 20, 14), (3, 5, 9, 2, 22))),
+        "packed_length_one": Packing(
+            "packed: documents of one token, the first and last among them; a row of only such",
+            ((1, 1, 1, 5, 1, 6, 1, 1, 5, 1), (1,) * 23),
+        ),
+        "packed_across_chunks": Packing(
+            "packed: documents across chunk edges (16 to 128), and starting on them",
+            ((20, 150, 27), (64, 64, 1, 68), (63, 2, 130, 2)),
+        ),
+        "packed_logit_jump": Packing(
+            "packed: keys 800 higher in the first document: a max carried over underflows the next",
+            ((10, 15, 16), (25, 16)),
+        ),
+        "packed_padding": Packing(
+            "packed and padded: documents padded at the end or start, or padding only",
+            ((9, 11, 9), (4, 3, 13, 9)),
+            needs=("mask",),
+        ),
+        "packed_state_cuts": Packing(
+            "packed rows cut into calls inside documents: the state is the first one's history",
+            ((17, 23, 20), (5, 1, 27, 27)),
+            needs=("state",),
+        ),
+    }
+
+
+PACKED_PADDING = (
+    (7, 8, 18, 19, 27, 28),  # the last two tokens of each document
+    (4, 5, 6, 7, 8, *range(20, 29)),  # a document of padding only, one whose first two are padding, padded tail
+)
+"""The padded tokens of each row of ``packed_padding``."""
+
+PACKED_CUTS = (1, 18, 34, 41, 50)
+"""Where ``packed_state_cuts`` cuts its rows: never where a document starts (a call's first token continues the
+state), but at the second token of documents (18 and 41 in the first row, 34 in the second) and inside them."""
+
+
+def segment_ids_of(lengths: tuple[int, ...] | list[int], *, first: int = 0, step: int = 1) -> np.ndarray:
+    """(T,) int32 ids, T = sum(lengths): document i, of ``lengths[i]`` tokens, gets id ``first + i * step``.
+
+    Examples
+    --------
+    >>> from latte_ref.testing.cases import segment_ids_of
+    >>> segment_ids_of([2, 1, 3], first=5, step=2).tolist()
+    [5, 5, 7, 9, 9, 9]
+    """
+    ids = first + step * np.arange(len(lengths))
+    return np.repeat(ids, lengths).astype(np.int32)
+
+
+def segment_lengths(segment_ids: np.ndarray) -> list[int]:
+    """The lengths of the runs of equal ids in one row (T,): the documents of a packed row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from latte_ref.testing.cases import segment_lengths
+    >>> segment_lengths(np.array([5, 5, 7, 9, 9, 9]))
+    [2, 1, 3]
+    """
+    if segment_ids.size == 0:
+        return []
+    bounds = [0, *(np.flatnonzero(np.diff(segment_ids)) + 1).tolist(), int(segment_ids.size)]
+    return [stop - start for start, stop in itertools.pairwise(bounds)]
+
+
+def _packed_case(name: str, seed: int, rng: np.random.Generator) -> ValidationCase:
+    """The packed case ``name``: random q, k, v over the packing's rows, its ids, and its mask or cuts."""
+    packing = _packings()[name]
+    ids = packing.segment_ids()
+    q, k, v = random_qkv(rng, (len(packing.rows),), packing.n_tokens, 2, 4, 8)
+    case = ValidationCase(name, seed, packing.description, q, k, v, segment_ids=ids)
+    if name == "packed_logit_jump":
+        first_document = ids == ids[:, :1]  # [B, T]
+        case.k = k + 800.0 * first_document[..., None, None]
+    elif name == "packed_padding":
+        case.mask = np.ones(ids.shape, dtype=bool)
+        for row, padded in enumerate(PACKED_PADDING):
+            case.mask[row, list(padded)] = False
+    elif name == "packed_state_cuts":
+        case.cuts = PACKED_CUTS
+    return case
 
 
 def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
@@ -153,6 +342,8 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
     """
     _check_form(form)
     rng = case_rng(seed, name)
+    if name in packed_names(form):
+        return _packed_case(name, seed, rng)
     builders = _base_builders()
     if name in builders:
         description, build = builders[name]
@@ -185,12 +376,18 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
             v,
             cuts=(7, 60, 61, 120),
         )
-    known = ", ".join(case_names(form, with_mask=True, with_state=True))
+    known = ", ".join(case_names(form, with_mask=True, with_state=True, with_segments=True))
     raise ValueError(f"unknown case {name!r}; known for form {form!r}: {known}")
 
 
 def generate_cases(
-    form: str, *, with_mask: bool = False, with_state: bool = False, seed: int = 0, names: list[str] | None = None
+    form: str,
+    *,
+    with_mask: bool = False,
+    with_state: bool = False,
+    with_segments: bool = False,
+    seed: int = 0,
+    names: list[str] | None = None,
 ) -> list[ValidationCase]:
     """The conformance suite for a form: every case of :func:`case_names`, or just ``names``.
 
@@ -200,8 +397,9 @@ def generate_cases(
     >>> [c.name for c in generate_cases("causal", with_mask=True)][-4:]
     ['mask_right', 'mask_left', 'mask_all_padded', 'mask_random']
     """
-    chosen = case_names(form, with_mask=with_mask, with_state=with_state) if names is None else names
-    return [make_case(name, form, seed=seed) for name in chosen]
+    if names is None:
+        names = case_names(form, with_mask=with_mask, with_state=with_state, with_segments=with_segments)
+    return [make_case(name, form, seed=seed) for name in names]
 
 
 def _check_form(form: str) -> None:

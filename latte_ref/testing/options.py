@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import backends
 from .candidate import UsageError
-from .cases import FORMS, case_names
+from .cases import FORMS, PACKED_FORMS, case_names
 
 __all__ = [
     "BATCH_AXES",
@@ -49,29 +49,34 @@ def fed_q_shape(shape: tuple[int, ...], axes: int | None) -> tuple[int, ...]:
     return flat[1:] if axes == 0 else flat if axes == 1 else (1, *flat)
 
 
-def with_batch_axes(call: Callable[..., Any], qkvm: tuple[Any, Any, Any, Any], axes: int | None) -> Any:
-    """``call(q, k, v, mask)`` with the batch axes flattened to ``axes`` (0: one sequence per call), then restored."""
-    q, k, v, mask = qkvm
+def with_batch_axes(call: Callable[..., Any], arrays: tuple[Any, ...], axes: int | None) -> Any:
+    """``call(q, k, v, *per_token)`` with the batch axes flattened to ``axes`` (0: one sequence per call), restored.
+
+    ``arrays`` is q, k (..., T, H, L), v (..., T, H, D), then arrays of shape (..., T) or None
+    (the mask, the segment ids), flattened alike.
+    """
+    q, k, v, *per_token = arrays
     if axes is None:
-        return call(q, k, v, mask)
+        return call(q, k, v, *per_token)
     xp = backends.backend_of(q).namespace()
     batch = tuple(q.shape[:-3])
     flat = [xp.reshape(a, (-1, *a.shape[-3:])) for a in (q, k, v)]
-    flat_mask = None if mask is None else xp.reshape(mask, (-1, mask.shape[-1]))
+    flat_tokens = [None if a is None else xp.reshape(a, (-1, a.shape[-1])) for a in per_token]
     if axes == 0:
-        ys = [call(*(a[i, ...] for a in flat), _row(flat_mask, i)) for i in range(flat[0].shape[0])]
+        ys = [call(*(a[i, ...] for a in flat), *(_row(a, i) for a in flat_tokens)) for i in range(flat[0].shape[0])]
         y = xp.stack(ys, axis=0)
     elif axes == 1:
-        y = call(*flat, flat_mask)
+        y = call(*flat, *flat_tokens)
     else:
-        y = call(*(a[None, ...] for a in flat), _row(flat_mask, None))[0, ...]
+        y = call(*(a[None, ...] for a in flat), *(_row(a, None) for a in flat_tokens))[0, ...]
     return xp.reshape(y, (*batch, *y.shape[-3:]))
 
 
-def _row(mask: Any, i: int | None) -> Any:
-    if mask is None:
+def _row(tokens: Any, i: int | None) -> Any:
+    """Row ``i`` of a (N, T) array, or all of it with a leading axis of 1 for None; None stays None."""
+    if tokens is None:
         return None
-    return mask[None, ...] if i is None else mask[i, ...]
+    return tokens[None, ...] if i is None else tokens[i, ...]
 
 
 @contextlib.contextmanager
@@ -103,10 +108,16 @@ def check_arguments(
     logit_scale: float | str | None,
     batch_axes: int | None,
     cases: list[str] | None,
+    *,
+    with_segments: bool = False,
 ) -> backends.Backend:
     """Every argument that can be checked before running, as a :class:`UsageError`; returns the backend."""
     if form not in FORMS:
         raise UsageError(f"form must be one of {', '.join(FORMS)}; got {form!r}")
+    if with_segments and form not in PACKED_FORMS:
+        raise UsageError(
+            f"form {form!r} takes no segment_ids (a step has no time axis): validate the causal form with segments"
+        )
     if layout not in LAYOUTS:
         raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     if batch_axes is not None and batch_axes not in BATCH_AXES:
@@ -118,7 +129,8 @@ def check_arguments(
             raise UsageError(f"logit_scale must be a number or 'inv_sqrt_l'; got {logit_scale!r}") from None
     if logit_scale is not None and not resolve_logit_scale(logit_scale, 1) > 0:
         raise UsageError(f"logit_scale must be positive; got {logit_scale!r}")
-    known = case_names(form, with_mask=True, with_state=True)  # naming a case asks for it, whatever the flags
+    # Naming a case asks for it, whatever the flags.
+    known = case_names(form, with_mask=True, with_state=True, with_segments=True)
     unknown = [name for name in cases or () if name not in known]
     if unknown:
         raise UsageError(f"unknown case {unknown[0]!r} for form {form!r}; known: {', '.join(known)}")

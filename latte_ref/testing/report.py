@@ -34,7 +34,11 @@ class ValidationError(AssertionError):
 
 @dataclass
 class CaseResult:
-    """One row of the report."""
+    """One row of the report.
+
+    ``segments`` holds a packed case's documents' lengths in each row (batch axes flattened);
+    ``skipped`` says why a case did not run (then ``passed`` is False but it fails nothing).
+    """
 
     name: str
     shape: str
@@ -46,6 +50,13 @@ class CaseResult:
     description: str = ""
     first_mismatch: dict[str, Any] | None = None
     traceback: str = ""
+    segments: list[list[int]] | None = None
+    skipped: str = ""
+
+    @property
+    def status(self) -> str:
+        """``"PASS"``, ``"FAIL"`` or ``"SKIP"``."""
+        return "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
 
     @property
     def ratio(self) -> float:
@@ -66,25 +77,36 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        """Whether no case failed (skipped cases fail nothing)."""
+        return all(r.status != "FAIL" for r in self.results)
+
+    @property
+    def run(self) -> list[CaseResult]:
+        """The rows of the cases that ran."""
+        return [r for r in self.results if not r.skipped]
 
     @property
     def worst(self) -> CaseResult | None:
-        """The case furthest past (or closest to) its tolerance."""
-        return max(self.results, key=lambda r: r.ratio, default=None)
+        """The case furthest past (or closest to) its tolerance, among those that ran."""
+        return max(self.run, key=lambda r: r.ratio, default=None)
 
     def table(self) -> str:
         """One row per case (what it probes at the end); under a failing one, why and where it first goes wrong."""
         header = f"{'case':<20} {'shape':<24} {'max abs':>9} {'rel rms':>9}  {'tolerance':<26} {'result':<6}  probes"
         lines = [header, "-" * len(header)]
         for r in self.results:
-            verdict = "PASS" if r.passed else "FAIL"
+            if r.skipped:
+                lines.append(f"{r.name:<20} {r.shape:<24} {'-':>9} {'-':>9}  {'':<26} {r.status:<6}  {r.description}")
+                lines.append(f"    skipped: {r.skipped}")
+                continue
             lines.append(
-                f"{r.name:<20} {r.shape:<24} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26} {verdict:<6}"
+                f"{r.name:<20} {r.shape:<24} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26} {r.status:<6}"
                 f"  {r.description}"
             )
             if r.note:
                 lines.append(f"    {r.note}")
+            if r.segments is not None and not r.passed:
+                lines.append(f"    documents per row: {format_segments(r.segments)}")
             if r.first_mismatch is not None:
                 lines.append(f"    first mismatch: {format_mismatch(r.first_mismatch)}")
         return "\n".join(lines)
@@ -103,9 +125,16 @@ class Report:
         """The full traceback of every case whose candidate raised (``--traceback``)."""
         return "\n".join(f"--- {r.name} ---\n{r.traceback.rstrip()}" for r in self.results if r.traceback)
 
+    def summary(self) -> str:
+        """``N passed, M failed``, and the skipped cases with the flag they wait for."""
+        counts = {status: sum(r.status == status for r in self.results) for status in ("PASS", "FAIL", "SKIP")}
+        text = f"{counts['PASS']} passed, {counts['FAIL']} failed"
+        if counts["SKIP"]:
+            text += f", {counts['SKIP']} skipped (packed cases: see their rows)"
+        return text
+
     def __str__(self) -> str:
-        failed = sum(not r.passed for r in self.results)
-        lines = [self.header(), self.table(), f"{len(self.results) - failed} passed, {failed} failed"]
+        lines = [self.header(), self.table(), self.summary()]
         worst = self.worst
         if worst is not None and not self.passed:
             lines.append(f"worst case: {worst.name} ({worst.ratio:.3g} x its tolerance)")
@@ -116,14 +145,18 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
+        """The settings, the verdict and one row per case, as JSON data (a skipped row measures nothing: null)."""
         rows = []
         for r in self.results:
             row = asdict(r)
+            row["status"] = r.status
             row["tolerance"] = {
                 "rel_rms": r.tolerance.rel_rms,
                 "max_abs": r.tolerance.max_abs,
                 "rule": r.tolerance.rule,
             }
+            if r.skipped:
+                row["max_abs"] = row["rel_rms"] = row["tolerance"]["rel_rms"] = row["tolerance"]["max_abs"] = None
             rows.append(row)
         worst = self.worst
         return {
@@ -172,9 +205,8 @@ def reproduce_command(settings: dict[str, Any], case_name: str) -> str:
         parts += ["--batch-axes", str(settings["batch_axes"])]
     if settings["layout"] != "BTHD":
         parts += ["--layout", settings["layout"]]
-    parts += [
-        flag for flag, on in (("--with-mask", settings["with_mask"]), ("--with-state", settings["with_state"])) if on
-    ]
+    flags = {"--with-mask": "with_mask", "--with-state": "with_state", "--with-segments": "with_segments"}
+    parts += [flag for flag, key in flags.items() if settings.get(key)]
     return " ".join(parts)
 
 
@@ -185,11 +217,15 @@ def shape_label(q_shape: tuple[int, ...], d: int) -> str:
     return " ".join([*parts, f"T={t}", f"H={h}", f"L={n_latents}", f"D={d}"])
 
 
-def first_mismatch(actual: np.ndarray, expected: np.ndarray, bound: float) -> dict[str, Any] | None:
+def first_mismatch(
+    actual: np.ndarray, expected: np.ndarray, bound: float, *, segment_ids: np.ndarray | None = None
+) -> dict[str, Any] | None:
     """The earliest token whose error exceeds ``bound`` (or is not finite), in (..., T, H, D) arrays.
 
     Earliest in t first, then batch, head and value index, so that a causal bug shows where it starts.
     When no single element exceeds the bound (the case failed on the relative RMS), the largest error.
+    With ``segment_ids`` (..., T), also the token's document (``"segment"``, its id) and its place
+    in it (``"segment_token"``, 0 for a document's first token): a leak shows at a boundary.
     """
     if actual.shape != expected.shape or actual.size == 0:
         return None
@@ -206,7 +242,7 @@ def first_mismatch(actual: np.ndarray, expected: np.ndarray, bound: float) -> di
         index = (*first[1:-2], first[0], *first[-2:])
         kind = "first error over the max-abs bound"
     *batch, t, head, d = (int(i) for i in index)
-    return {
+    found: dict[str, Any] = {
         "batch": batch,
         "t": t,
         "head": head,
@@ -215,13 +251,24 @@ def first_mismatch(actual: np.ndarray, expected: np.ndarray, bound: float) -> di
         "actual": float(actual[tuple(index)]),
         "kind": kind,
     }
+    if segment_ids is not None:
+        row = segment_ids[tuple(batch)]  # [T]
+        found["segment"] = int(row[t])
+        found["segment_token"] = t - int(np.argmax(row == row[t]))
+    return found
 
 
 def format_mismatch(m: dict[str, Any]) -> str:
     """A first mismatch in one line: where, the two values, and what kind."""
     index = m["batch"][0] if len(m["batch"]) == 1 else tuple(m["batch"])
     batch = f"batch {index}, " if m["batch"] else ""
+    document = f" (document {m['segment']}, its token {m['segment_token']})" if "segment" in m else ""
     return (
-        f"{batch}t {m['t']}, head {m['head']}, d {m['d']}: expected {m['expected']:.7g}, "
+        f"{batch}t {m['t']}{document}, head {m['head']}, d {m['d']}: expected {m['expected']:.7g}, "
         f"actual {m['actual']:.7g} ({m['kind']})"
     )
+
+
+def format_segments(segments: list[list[int]]) -> str:
+    """A packed case's documents' lengths, row by row: ``[7, 20, 14] | [3, 5, 9, 2, 22]``."""
+    return " | ".join(str(row) for row in segments)

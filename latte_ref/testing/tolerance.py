@@ -48,6 +48,7 @@ __all__ = [
     "FIXED_TOLERANCES",
     "LOGIT_SCALE",
     "LOW_PRECISION_FACTOR",
+    "NOT_RUN",
     "TOLERANCES",
     "UNIT_ROUNDOFF",
     "Tolerance",
@@ -100,6 +101,10 @@ class Tolerance:
 
     def __str__(self) -> str:
         return f"rms<={self.rel_rms:.1e} max<={self.max_abs:.1e}"
+
+
+NOT_RUN = Tolerance(float("nan"), float("nan"), "not run")
+"""The tolerance of a skipped case's row: no bound, since nothing was compared."""
 
 
 def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:

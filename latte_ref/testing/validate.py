@@ -15,10 +15,10 @@ from ..bidirectional import bidirectional
 from ..causal import causal
 from ..definition import definition
 from .candidate import UsageError, backend_name_of, describe_exception, load_candidate, other_backend_hint
-from .cases import ValidationCase, generate_cases
+from .cases import ValidationCase, generate_cases, make_case, skipped_cases
 from .options import check_arguments, fed_q_shape, jax_x64_for, resolve_logit_scale, with_batch_axes
 from .report import CaseResult, Report, ValidationError, first_mismatch, reproduce_command, save_worst, shape_label
-from .tolerance import FIXED_TOLERANCES, errors, fixed_tolerance, relative_to_baseline
+from .tolerance import FIXED_TOLERANCES, NOT_RUN, errors, fixed_tolerance, relative_to_baseline
 
 __all__ = [
     "CaseResult",
@@ -28,6 +28,7 @@ __all__ = [
     "assert_matches_reference",
     "load_candidate",
     "run_case",
+    "skipped_row",
     "validate",
 ]
 
@@ -45,6 +46,7 @@ def validate(
     layout: str = "BTHD",
     with_mask: bool = False,
     with_state: bool = False,
+    with_segments: bool = False,
     seed: int = 0,
     cases: list[str] | None = None,
     save_dir: str | os.PathLike[str] | None = None,
@@ -58,15 +60,17 @@ def validate(
     candidate : callable or str
         The implementation, or ``"package.module:function"``. By ``form``:
 
-        - ``"bidirectional"``: ``candidate(q, k, v[, mask=mask]) -> y``
+        - ``"bidirectional"``: ``candidate(q, k, v[, mask=mask][, segment_ids=segment_ids]) -> y``
         - ``"causal"``: the same; with ``with_state`` also
           ``candidate(q, k, v, state=state, return_state=True) -> (y, state)``, where
-          ``state`` is ``None`` or what the previous call returned (any object).
+          ``state`` is ``None`` or what the previous call returned (any object); with
+          ``segment_ids`` too, it is the history of the call's first document.
         - ``"step"``: ``candidate(q_t, k_t, v_t, state[, mask_t=mask_t]) -> (y_t, state)``,
           :func:`latte_ref.step`'s contract, scanned over the tokens from ``state=None``.
 
         q, k are (..., T, H, L) and v, y (..., T, H, D) (``"BHTD"``: (..., H, T, L/D));
-        mask is bool (..., T), True for a real token.
+        mask is bool (..., T), True for a real token; segment_ids is int32 (..., T), the
+        document of each token of a packed row, never decreasing along T.
     form : {"bidirectional", "causal", "step"}
     backend, device, dtype : str
         Where the candidate's inputs live (a :mod:`latte_ref.backends` name, a device of it or
@@ -76,6 +80,10 @@ def validate(
     with_mask, with_state : bool
         Whether the candidate takes ``mask=`` (``mask_t=`` for steps), and, for ``"causal"``,
         ``state=`` / ``return_state=``. Each adds its cases.
+    with_segments : bool
+        Whether the candidate takes ``segment_ids=`` (``"causal"`` and ``"bidirectional"``):
+        adds the packed cases (``packed_*``). Without it they are reported as skipped, with
+        what they need; so is a packed case that needs ``mask=`` or ``state=`` too.
     seed : int
         Suite seed: every case is drawn from it and its name.
     cases : list of str, optional
@@ -115,7 +123,7 @@ def validate(
     """
     spec = candidate if isinstance(candidate, str) else _spec_of(candidate)
     function = load_candidate(candidate) if isinstance(candidate, str) else candidate
-    chosen = check_arguments(form, layout, backend, dtype, logit_scale, batch_axes, cases)
+    chosen = check_arguments(form, layout, backend, dtype, logit_scale, batch_axes, cases, with_segments=with_segments)
     resolved_device = _resolve_device(chosen, device)
     settings = {
         "candidate": spec,
@@ -126,6 +134,7 @@ def validate(
         "layout": layout,
         "with_mask": with_mask,
         "with_state": with_state,
+        "with_segments": with_segments,
         "seed": seed,
         "logit_scale": logit_scale,
         "batch_axes": batch_axes,
@@ -133,7 +142,10 @@ def validate(
     report = Report(settings)
     artifacts = {}
     with jax_x64_for(chosen, dtype):
-        for case in generate_cases(form, with_mask=with_mask, with_state=with_state, seed=seed, names=cases):
+        suite = generate_cases(
+            form, with_mask=with_mask, with_state=with_state, with_segments=with_segments, seed=seed, names=cases
+        )
+        for case in suite:
             result, arrays = run_case(
                 function,
                 case,
@@ -149,6 +161,9 @@ def validate(
             )
             report.results.append(result)
             artifacts[case.name] = arrays
+    if cases is None:  # a case left out for want of an argument is a row saying so, never nothing
+        skipped = skipped_cases(form, with_mask=with_mask, with_state=with_state, with_segments=with_segments)
+        report.results += [skipped_row(make_case(n, form, seed=seed), why, batch_axes) for n, why in skipped.items()]
     worst = report.worst
     if worst is not None and not report.passed:  # a passing run leaves nothing behind
         report.worst_npz = save_worst(worst, artifacts[worst.name], settings, save_dir)
@@ -188,6 +203,7 @@ def run_case(
     """Run one case; returns its row and the arrays to save should it be the worst."""
     q, k, v = (backend.asarray(a, dtype=dtype, device=device) for a in (case.q, case.k, case.v))
     mask = None if case.mask is None else backend.asarray(case.mask, dtype="bool", device=device)
+    ids = None if case.segment_ids is None else backend.asarray(case.segment_ids, dtype="int32", device=device)
     seen = tuple(_numpy(backend, a) for a in (q, k, v))  # the inputs as rounded to the dtype
     scale = resolve_logit_scale(logit_scale, case.q.shape[-1])
     scaled_q, scaled_k = seen[0] * scale, seen[1] * scale
@@ -196,11 +212,13 @@ def run_case(
     arrays = {"q": seen[0], "k": seen[1], "v": seen[2], "expected": expected}
     if case.mask is not None:
         arrays["mask"] = case.mask
+    if case.segment_ids is not None:
+        arrays["segment_ids"] = case.segment_ids
     if dtype in FIXED_TOLERANCES:
         logit_size = max(float(np.max(np.abs(a), initial=0.0)) for a in (scaled_q, scaled_k))
         tolerance = fixed_tolerance(dtype, value_scale, logit_size)
     else:
-        baseline = _numpy(backend, _latte_ref_form(form)(q * scale, k * scale, v, mask))
+        baseline = _numpy(backend, _latte_ref_form(form)(q * scale, k * scale, v, mask, ids))
         b_max_abs, b_rel_rms = errors(baseline, expected)
         tolerance = relative_to_baseline(dtype, b_rel_rms, b_max_abs, value_scale)
     fed_shape = fed_q_shape(case.q.shape, batch_axes)
@@ -208,12 +226,14 @@ def run_case(
     def row(max_abs: float, rel_rms: float, note: str = "", **extra: Any) -> CaseResult:
         passed = not note and tolerance.passes(rel_rms, max_abs)
         label = shape_label(fed_shape, case.v.shape[-1])
-        return CaseResult(case.name, label, max_abs, rel_rms, tolerance, passed, note, case.description, **extra)
+        result = CaseResult(case.name, label, max_abs, rel_rms, tolerance, passed, note, case.description, **extra)
+        result.segments = case.segments
+        return result
 
     try:
         y = with_batch_axes(
             lambda *qkvm: call_candidate(candidate, form, *qkvm, cuts=case.cuts, layout=layout, with_state=with_state),
-            (q, k, v, mask),
+            (q, k, v, mask, ids),
             batch_axes,
         )
     except Exception as exc:  # a crash is a failed case, not a failed suite
@@ -238,18 +258,31 @@ def run_case(
         note = note or "non-finite output"
     mismatch = None
     if note or not tolerance.passes(rel_rms, max_abs):
-        mismatch = first_mismatch(actual, expected, tolerance.max_abs)
+        mismatch = first_mismatch(actual, expected, tolerance.max_abs, segment_ids=case.segment_ids)
     return row(max_abs, rel_rms, note, first_mismatch=mismatch), arrays
 
 
+def skipped_row(case: ValidationCase, why: str, batch_axes: int | None = None) -> CaseResult:
+    """The report's row for a case that did not run, and why (what the candidate would have to take)."""
+    label = shape_label(fed_q_shape(case.q.shape, batch_axes), case.v.shape[-1])
+    nan = float("nan")
+    return CaseResult(
+        case.name, label, nan, nan, NOT_RUN, False, "", case.description, segments=case.segments, skipped=why
+    )
+
+
 def reference(case: ValidationCase, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, form: str) -> np.ndarray:
-    """The float64 answer for these (already rounded) inputs: the definition for short sequences."""
+    """The float64 answer for these (already rounded) inputs: the definition for short sequences.
+
+    Packed cases pass their ``segment_ids`` (..., T), uncut: the reference sees whole rows.
+    """
     is_causal = form != "bidirectional"
+    mask, ids = case.mask, case.segment_ids
     if case.n_tokens <= DEFINITION_MAX_T:
-        return np.asarray(definition(q, k, v, causal=is_causal, mask=case.mask))
+        return np.asarray(definition(q, k, v, causal=is_causal, mask=mask, segment_ids=ids))
     if is_causal:
-        return np.asarray(causal(q, k, v, mask=case.mask))
-    return np.asarray(bidirectional(q, k, v, mask=case.mask))
+        return np.asarray(causal(q, k, v, mask=mask, segment_ids=ids))
+    return np.asarray(bidirectional(q, k, v, mask=mask, segment_ids=ids))
 
 
 def call_candidate(
@@ -259,12 +292,16 @@ def call_candidate(
     k: Any,
     v: Any,
     mask: Any,
+    segment_ids: Any = None,
     *,
     cuts: tuple[int, ...] = (),
     layout: str = "BTHD",
     with_state: bool = False,
 ) -> Any:
-    """The candidate's output for the whole sequence, in (..., T, H, D), following the form's contract."""
+    """The candidate's output for the whole sequence, in (..., T, H, D), following the form's contract.
+
+    ``mask`` and ``segment_ids`` (..., T) are passed only when given, cut along T like q, k, v.
+    """
     xp = backends.backend_of(q).namespace()
     if form == "step":
         return _scan_steps(candidate, xp, q, k, v, mask)
@@ -276,6 +313,8 @@ def call_candidate(
         kwargs: dict[str, Any] = {}
         if mask is not None:
             kwargs["mask"] = mask[..., start:stop]
+        if segment_ids is not None:
+            kwargs["segment_ids"] = segment_ids[..., start:stop]
         if with_state and form == "causal":
             y, state = candidate(*pieces, state=state, return_state=True, **kwargs)
         else:
@@ -299,10 +338,10 @@ def _to_layout(xp: Any, x: Any, layout: str) -> Any:
     return x if layout == "BTHD" else xp.moveaxis(x, -3, -2)
 
 
-def _latte_ref_form(form: str) -> Callable[[Any, Any, Any, Any], Any]:
+def _latte_ref_form(form: str) -> Callable[[Any, Any, Any, Any, Any], Any]:
     if form == "bidirectional":
-        return lambda q, k, v, mask: bidirectional(q, k, v, mask=mask)
-    return lambda q, k, v, mask: causal(q, k, v, mask=mask)
+        return lambda q, k, v, mask, ids: bidirectional(q, k, v, mask=mask, segment_ids=ids)
+    return lambda q, k, v, mask, ids: causal(q, k, v, mask=mask, segment_ids=ids)
 
 
 def _numpy(backend: backends.Backend, x: Any) -> np.ndarray:
