@@ -35,6 +35,7 @@ __all__ = [
     "safe_divide",
     "same_device",
     "softmax",
+    "take_tokens",
     "weighted_sum_where",
 ]
 
@@ -322,6 +323,19 @@ def weighted_sum_where(xp: Any, weights: Array, v: Array, reads: Array) -> Array
     zero = xp.zeros_like(y)
     extra = xp.where(has_inf, xp.full_like(y, xp.inf), zero) + xp.where(has_minus_inf, xp.full_like(y, -xp.inf), zero)
     return y + xp.where(has_nan, xp.full_like(y, xp.nan), extra)
+
+
+def take_tokens(xp: Any, x: Array, index: Array) -> Array:
+    """``x[..., index[..., j], :, :]`` for every j: tokens gathered per batch row, whole (H, F) rows at a time.
+
+    x: (..., T, H, F); index: integer (..., J), values in [0, T) -> (..., J, H, F). The batch
+    axes are flattened so that one ``take`` of contiguous rows does it.
+    """
+    n_rows, n_tokens = math.prod(x.shape[:-3]), x.shape[-3]
+    offsets = xp.arange(0, n_rows * n_tokens, n_tokens, dtype=index.dtype, device=device_of(x))
+    flat = xp.reshape(xp.reshape(index, (n_rows, index.shape[-1])) + offsets[:, None], (-1,))
+    rows = xp.take(xp.reshape(x, (n_rows * n_tokens, x.shape[-2] * x.shape[-1])), flat, axis=0)
+    return xp.reshape(rows, (*index.shape, *x.shape[-2:]))
 
 
 def finite_or_zero(xp: Any, running_max: Array) -> Array:

@@ -13,6 +13,7 @@ from ._array import (
     keys_taking_part,
     mask_keys_and_values,
     output_buffer,
+    take_tokens,
 )
 from ._dispatch import sequence_parallel
 from .causal import causal, prefix_max
@@ -165,20 +166,27 @@ def _packed(xp: Any, q: Array, k: Array, v: Array, keys: Array | None, mask: Arr
     positions = xp.arange(n, device=device_of(q))
     first = prefix_max(xp, xp.where(starts, positions, 0), axis=-1)  # [..., T]: where t's segment begins
     ends = xp.concat([starts[..., 1:], xp.ones_like(starts[..., :1])], axis=-1)  # t is its segment's last token
-    last = (n - 1) - xp.flip(prefix_max(xp, xp.where(xp.flip(ends, axis=-1), positions, 0), axis=-1), axis=-1)
-    # Token t of segment [b, e) has its key copy at b + t and its query copy at e + t.
-    places = xp.concat([positions + first, positions + last + 1], axis=-1)  # [..., 2T]
-    order = xp.argsort(places, axis=-1)[..., None, None]  # [..., 2T, 1, 1]: which copy lies at each place
+    stop = n - xp.flip(prefix_max(xp, xp.where(xp.flip(ends, axis=-1), positions, 0), axis=-1), axis=-1)  # e
+    # Segment [b, e) fills places [2b, 2e): its keys first, then its queries. Place j lies in the
+    # segment of token j // 2, and holds the key of token j - b or the query of token j - e.
+    place = xp.arange(2 * n, device=device_of(q))
+    b, e, segment = (_twice(xp, a) for a in (first, stop, segment_index(xp, starts)))  # [..., 2T]
+    is_key = place < b + e  # the keys fill [2b, b + e)
+    source = xp.where(is_key, place - b, n + place - e)  # into [as keys (T), as queries (T)]
 
     def laid_out(as_key: Array, as_query: Array) -> Array:
-        return xp.take_along_axis(xp.concat([as_key, as_query], axis=-3), order, axis=-3)
+        return take_tokens(xp, xp.concat([as_key, as_query], axis=-3), source)
 
-    segment = segment_index(xp, starts)  # [..., T]
     y = causal(
         laid_out(q, q),
         laid_out(k, xp.full_like(k, -xp.inf)),
         laid_out(v, xp.zeros_like(v)),
-        segment_ids=xp.take_along_axis(xp.concat([segment, segment], axis=-1), order[..., 0, 0], axis=-1),
+        segment_ids=segment,
     )
-    y = xp.take_along_axis(y, (positions + last + 1)[..., None, None], axis=-3)  # the query copies' outputs
+    y = take_tokens(xp, y, positions + stop)  # the query copies' outputs: token t's is at e + t
     return y if mask is None else xp.where(mask[..., None, None], y, xp.zeros_like(y))
+
+
+def _twice(xp: Any, a: Array) -> Array:
+    """(..., T) -> (..., 2T), every entry twice: a[..., j // 2] at j."""
+    return xp.reshape(xp.stack([a, a], axis=-1), (*a.shape[:-1], 2 * a.shape[-1]))

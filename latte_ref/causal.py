@@ -48,6 +48,7 @@ from ._array import (
     output_buffer,
     safe_divide,
     softmax,
+    take_tokens,
     weighted_sum_where,
 )
 from ._dispatch import sequence_parallel
@@ -386,12 +387,7 @@ def _entry_max(xp: Any, k: Array, max_before: Array, pieces: Pieces | None) -> A
     """
     if pieces is None:
         return xp.maximum(max_before, k[..., 0, :, :])[..., None, :, :]
-    # Gather rows of (H·L) keys: tokens numbered through all chunks (and batch rows) of the block.
-    n_chunks, chunk_size = math.prod(k.shape[:-3]), k.shape[-3]
-    chunk_starts = xp.arange(0, n_chunks * chunk_size, chunk_size, device=device_of(k))
-    rows = xp.reshape(xp.reshape(pieces.first, (n_chunks, chunk_size)) + chunk_starts[:, None], (-1,))
-    first_key = xp.take(xp.reshape(k, (-1, k.shape[-2] * k.shape[-1])), rows, axis=0)
-    first_key = xp.reshape(first_key, k.shape)  # [..., N, C, H, L]: each token's piece's first key
+    first_key = take_tokens(xp, k, pieces.first)  # [..., N, C, H, L]: each token's piece's first key
     history = xp.where(pieces.continues[..., None, None], max_before[..., None, :, :], -xp.inf)
     return xp.maximum(history, first_key)
 
