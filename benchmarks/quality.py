@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -64,20 +65,20 @@ class Config:
     n_latents: int = 64  # over all heads: 4 heads of 16, so that Latte's wq, wk are as large as softmax's
     seeds: tuple[int, ...] = (0, 1, 2)
     lr_grid: tuple[float, ...] = (1e-3, 3e-3)
-    char_steps: int = 800
+    char_steps: int = 400
     char_batch: int = 16
     char_length: int = 128
-    recall_steps: int = 1200
+    recall_steps: int = 500
     recall_batch: int = 32
-    recall_pairs: tuple[int, ...] = (4, 8, 16, 32)
+    recall_pairs: tuple[int, ...] = (4, 16, 32)
     recall_tune_pairs: int = 16
     latent_sweep: tuple[int, ...] = (8, 16, 32, 64, 128)
     latent_sweep_pairs: int = 32
-    needle_steps: int = 400
-    needle_tokens: int = 4096  # tokens per step: batch = needle_tokens // T
+    needle_steps: int = 250
+    needle_tokens: int = 2048  # tokens per step: batch = needle_tokens // T
     needle_lengths: tuple[int, ...] = (256, 512, 1024, 2048)
     eval_batches: int = 4
-    curve_points: int = 20
+    curve_points: int = 10
     models: tuple[str, ...] = ATTENTIONS
     tasks: tuple[str, ...] = TASKS
     threads: int = 1  # one thread: on a shared 2-core machine, two threads each wait on the other
@@ -87,14 +88,14 @@ def quick() -> Config:
     """Tiny budgets: every task, model and kind of record, in about a minute on two cores."""
     return Config(
         d_model=32,
-        n_latents=16,
+        n_latents=32,
         seeds=(0,),
         char_steps=40,
         char_length=64,
         recall_steps=40,
         recall_pairs=(4, 8),
         recall_tune_pairs=8,
-        latent_sweep=(8, 32),
+        latent_sweep=(8, 16),
         latent_sweep_pairs=8,
         needle_steps=15,
         needle_tokens=1024,
@@ -165,8 +166,8 @@ def train(
 ) -> Trained:
     """AdamW (weight decay 0.01, gradients clipped to norm 1) for ``steps`` steps on ``next_batch``'s batches.
 
-    The curve holds the mean training loss since the previous point and the validation loss,
-    at ``curve_points`` evenly spaced steps. ``seconds_per_step`` is the median over the
+    The curve holds the mean training loss since the previous point and the loss on the first
+    validation batch, at ``curve_points`` evenly spaced steps. ``seconds_per_step`` is the median over the
     steps of one optimiser step (data excluded), to be read with the machine's load.
     """
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -189,7 +190,7 @@ def train(
         step_times.append(time.perf_counter() - started)
         since.append(float(loss.detach()))
         if step in marks:
-            point = evaluate(model, validation)
+            point = evaluate(model, validation[:1])
             curve.append({"step": step + 1, "train_loss": float(np.mean(since)), "validation_loss": point["loss"]})
             since = []
     seconds = time.perf_counter() - began
@@ -263,7 +264,7 @@ def needle_setting(config: Config, length: int) -> Setting:
 
     def fixed(seed: int) -> list[Batch]:
         rng = np.random.default_rng(seed)
-        return [needle_batch(max(8, batch), length, rng) for _ in range(config.eval_batches)]
+        return [needle_batch(16, length, rng, far_only=True) for _ in range(config.eval_batches)]
 
     return Setting(
         task="needle",
@@ -511,6 +512,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="the training steps of every task")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes, each running whole tasks (one torch thread each)"
+    )
     return parser.parse_args(argv)
 
 
@@ -533,7 +537,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     config = configure(args)
     began = time.perf_counter()
     print(f"torch {torch.__version__}, {config.threads} threads, load average {os.getloadavg()}", flush=True)
-    records = run(config, args.output, progress=_progress)
+    if args.workers > 1 and len(config.tasks) > 1:
+        records = run_in_workers(config, args, argv)
+    else:
+        records = run(config, args.output, progress=_progress)
     rows = summary(records)
     table = format_summary(rows)
     (args.output / "summary.md").write_text(table + "\n", encoding="utf-8")
@@ -543,6 +550,43 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         _plots(records, args.output)
     print(f"wall time {time.perf_counter() - began:.0f}s; results in {args.output / 'results.json'}", flush=True)
     return records
+
+
+def run_in_workers(config: Config, args: argparse.Namespace, argv: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Split the tasks among ``--workers`` processes (this script again, one folder each); gather their records.
+
+    The tasks are dealt in the order recall, needle, char, so that with two workers one runs
+    recall and char, the other needle. Each process prints its own progress lines.
+    """
+    order = [task for task in ("recall", "needle", "char") if task in config.tasks]
+    groups = [order[i :: args.workers] for i in range(args.workers) if order[i :: args.workers]]
+    passed = list(sys.argv[1:] if argv is None else argv)
+    passed = _drop_option(_drop_option(_drop_option(passed, "--workers"), "--tasks"), "--output")
+    children = []
+    for group in groups:
+        folder = args.output / ("part-" + "-".join(group))
+        command = [sys.executable, __file__, *passed, "--tasks", ",".join(group), "--output", str(folder), "--no-plots"]
+        children.append((folder, subprocess.Popen(command)))
+    failed = [folder for folder, child in children if child.wait() != 0]
+    if failed:
+        raise SystemExit(f"workers failed: {failed}")
+    records = [r for folder, _ in children for r in json.loads((folder / "results.json").read_text())]
+    write(args.output, records)
+    return records
+
+
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` or ``name=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(name + "="):
+            out.append(item)
+    return out
 
 
 def _plots(records: list[dict[str, Any]], output: Path) -> None:

@@ -81,29 +81,34 @@ def recall_batch(batch: int, n_pairs: int, rng: np.random.Generator) -> tuple[to
 
 # -- a long-range lookup -------------------------------------------------------------------------
 
-N_SIGNALS, N_NOISE, N_SCORED = 8, 16, 16
+N_SIGNALS, N_NOISE = 8, 4
 
 
 def needle_vocab_size() -> int:
     return N_SIGNALS + N_NOISE
 
 
-def needle_batch(batch: int, length: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One signal token (of 8) hidden in the first quarter of ``length`` noise tokens (of 16); recall it at the end.
+def needle_batch(
+    batch: int, length: int, rng: np.random.Generator, *, far_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One signal token (of 8) in the first eighth of ``length`` noise tokens (of 4); every later position names it.
 
-    Scored: the last 16 positions, each of which must name the signal token, which lies
-    between ``3 length / 4 - 16`` and ``length`` tokens back.
+    Training scores every position after the signal: the near ones teach the lookup, the far
+    ones need it to hold over distance. ``far_only`` scores only the last quarter, where
+    the signal lies between ``length / 8`` and ``length`` tokens back: the reported accuracy.
 
     Returns
     -------
     inputs, targets : int64 tensors, shape (B, length)
     """
-    if length < 4 * N_SCORED:
-        raise ValueError(f"length must be at least {4 * N_SCORED}, got {length}")
+    if length < 8:
+        raise ValueError(f"length must be at least 8, got {length}")
     inputs = rng.integers(N_SIGNALS, N_SIGNALS + N_NOISE, size=(batch, length))
     signal = rng.integers(0, N_SIGNALS, size=batch)
-    position = rng.integers(0, length // 4, size=batch)
+    position = rng.integers(0, length // 8, size=batch)
     inputs[np.arange(batch), position] = signal
-    targets = np.full_like(inputs, IGNORE)
-    targets[:, -N_SCORED:] = signal[:, None]
+    after = np.arange(length)[None, :] > position[:, None]
+    if far_only:
+        after &= np.arange(length)[None, :] >= length - length // 4
+    targets = np.where(after, signal[:, None], IGNORE)
     return torch.from_numpy(inputs), torch.from_numpy(targets)

@@ -101,5 +101,10 @@ def test_tasks_score_what_they_say() -> None:
         assert all(answer + pairs[int(inputs[b, t])] == int(targets[b, t]) for t in scored)
     inputs, targets = needle_batch(4, 128, rng)
     signals = inputs < 8
-    assert signals.sum(1).tolist() == [1, 1, 1, 1] and bool(signals[:, 32:].sum() == 0)
-    assert (targets[:, -16:] == inputs[signals][:, None]).all() and bool((targets[:, :-16] == IGNORE).all())
+    assert signals.sum(1).tolist() == [1, 1, 1, 1] and bool(signals[:, 16:].sum() == 0)
+    position = signals.int().argmax(1)
+    for b in range(4):
+        assert (targets[b, position[b] + 1 :] == inputs[b, position[b]]).all()
+        assert (targets[b, : position[b] + 1] == IGNORE).all()
+    _, far = needle_batch(4, 128, np.random.default_rng(0), far_only=True)
+    assert bool((far[:, :96] == IGNORE).all()) and bool((far[:, 96:] != IGNORE).all())
