@@ -81,7 +81,7 @@ def recall_batch(batch: int, n_pairs: int, rng: np.random.Generator) -> tuple[to
 
 # -- a long-range lookup -------------------------------------------------------------------------
 
-N_SIGNALS, N_NOISE = 8, 4
+N_SIGNALS, N_NOISE = 8, 1  # one noise token: a blank, as in the copy-memory task of Hochreiter and Schmidhuber
 
 
 def needle_vocab_size() -> int:
@@ -91,7 +91,7 @@ def needle_vocab_size() -> int:
 def needle_batch(
     batch: int, length: int, rng: np.random.Generator, *, far_only: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One signal token (of 8) in the first eighth of ``length`` noise tokens (of 4); every later position names it.
+    """One signal token (of 8) in the first eighth of ``length`` blanks; every later position names it.
 
     Training scores every position after the signal: the near ones teach the lookup, the far
     ones need it to hold over distance. ``far_only`` scores only the last quarter, where
