@@ -42,6 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_models import ATTENTIONS, TinyTransformer, count_parameters
+from quality_report import format_report
 from quality_tasks import (
     IGNORE,
     CharText,
@@ -51,7 +52,7 @@ from quality_tasks import (
     recall_vocab_size,
 )
 
-TASKS = ("char", "recall", "needle")
+TASKS = ("char", "recall", "needle", "timing")
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -77,6 +78,8 @@ class Config:
     needle_steps: int = 250
     needle_tokens: int = 2048  # tokens per step: batch = needle_tokens // T
     needle_lengths: tuple[int, ...] = (256, 512, 1024, 2048)
+    timing_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+    timing_steps: int = 5  # timed steps after 2 untimed ones; the fastest is the record
     eval_batches: int = 4
     curve_points: int = 10
     models: tuple[str, ...] = ATTENTIONS
@@ -100,6 +103,8 @@ def quick() -> Config:
         needle_steps=15,
         needle_tokens=1024,
         needle_lengths=(256, 512),
+        timing_lengths=(256, 512),
+        timing_steps=2,
         eval_batches=1,
         curve_points=5,
     )
@@ -419,8 +424,65 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
             if key not in best or better(job.setting.metric, score, best[key]):
                 best[key], chosen[key] = score, lr
         write(output, records)
+    if "timing" in config.tasks:
+        if progress:
+            progress(len(jobs), len(jobs), "timing", started)
+        records += time_steps(config)
+        write(output, records)
     if progress:
         progress(len(jobs), len(jobs), "done", started)
+    return records
+
+
+def time_steps(config: Config) -> list[dict[str, Any]]:
+    """Seconds per training step of each model against T, apart from training: the fastest of a few steps.
+
+    The needle's batches, ``needle_tokens`` tokens per step at every T; the first learning
+    rate of the grid. On a shared machine the fastest step is the least disturbed one;
+    each seed (a fresh model) is one measurement.
+    """
+    records = []
+    for length in config.timing_lengths:
+        for seed in config.seeds:
+            for kind in config.models:
+                torch.manual_seed(seed)
+                model = TinyTransformer(
+                    kind, needle_vocab_size(), config.d_model, config.n_layers, config.n_heads, config.n_latents
+                )
+                optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr_grid[0], weight_decay=0.01)
+                rng = np.random.default_rng(seed)
+                batch = max(1, config.needle_tokens // length)
+                load_before = os.getloadavg()[0]
+                times = []
+                for step in range(2 + config.timing_steps):
+                    inputs, targets = needle_batch(batch, length, rng)
+                    started = time.perf_counter()
+                    loss = masked_loss(model(inputs), targets)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    if step >= 2:
+                        times.append(time.perf_counter() - started)
+                records.append(
+                    {
+                        "phase": "main",
+                        "task": "timing",
+                        "model": kind,
+                        "seed": seed,
+                        "metric": "seconds_per_step_min",
+                        "value": min(times),
+                        "n_params": count_parameters(model),
+                        "steps": config.timing_steps,
+                        "seconds": sum(times),
+                        "T": length,
+                        "batch": batch,
+                        "n_latents": config.n_latents if kind == "latte" else None,
+                        "lr": config.lr_grid[0],
+                        "d_model": config.d_model,
+                        "threads": torch.get_num_threads(),
+                        "loadavg_1min": [load_before, os.getloadavg()[0]],
+                    }
+                )
     return records
 
 
@@ -537,13 +599,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     config = configure(args)
     began = time.perf_counter()
     print(f"torch {torch.__version__}, {config.threads} threads, load average {os.getloadavg()}", flush=True)
-    if args.workers > 1 and len(config.tasks) > 1:
+    if args.workers > 1 and len(set(config.tasks) - {"timing"}) > 1:
         records = run_in_workers(config, args, argv)
     else:
         records = run(config, args.output, progress=_progress)
     rows = summary(records)
     table = format_summary(rows)
     (args.output / "summary.md").write_text(table + "\n", encoding="utf-8")
+    (args.output / "report.md").write_text(format_report(records), encoding="utf-8")
     (args.output / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n", encoding="utf-8")
     print(table)
     if not args.no_plots:
@@ -556,7 +619,8 @@ def run_in_workers(config: Config, args: argparse.Namespace, argv: Sequence[str]
     """Split the tasks among ``--workers`` processes (this script again, one folder each); gather their records.
 
     The tasks are dealt in the order recall, needle, char, so that with two workers one runs
-    recall and char, the other needle. Each process prints its own progress lines.
+    recall and char, the other needle. Each process prints its own progress lines. The
+    ``timing`` task runs here afterwards, when the workers no longer load the machine.
     """
     order = [task for task in ("recall", "needle", "char") if task in config.tasks]
     groups = [order[i :: args.workers] for i in range(args.workers) if order[i :: args.workers]]
@@ -571,6 +635,9 @@ def run_in_workers(config: Config, args: argparse.Namespace, argv: Sequence[str]
     if failed:
         raise SystemExit(f"workers failed: {failed}")
     records = [r for folder, _ in children for r in json.loads((folder / "results.json").read_text())]
+    if "timing" in config.tasks:
+        print("timing the training steps against T", flush=True)
+        records += time_steps(config)
     write(args.output, records)
     return records
 

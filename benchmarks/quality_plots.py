@@ -96,20 +96,27 @@ def recall_against_latents(records: list[dict[str, Any]], path: Path) -> Path | 
 
 
 def needle_against_length(records: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against T (left); seconds per training step against T (right), from the timing task if run."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    timing = _main(records, "timing", "seconds_per_step_min")
+    if not timing:
+        timing = _main(records, "needle", "seconds_per_step")
     for model, (colour, marker) in STYLE.items():
         xs, means, stds = _mean_std(_main(records, "needle", "accuracy"), "T", model)
         if xs:
             left.errorbar(xs, means, yerr=stds, color=colour, marker=marker, capsize=3, label=model)
-        xs, means, stds = _mean_std(_main(records, "needle", "seconds_per_step"), "T", model)
+        xs, means, stds = _mean_std(timing, "T", model)
         if xs:
-            right.errorbar(xs, [m * 1e3 for m in means], yerr=[s * 1e3 for s in stds], color=colour, marker=marker)
-            right.plot([], [], color=colour, marker=marker, label=model)
+            ms, ms_std = [m * 1e3 for m in means], [s * 1e3 for s in stds]
+            right.errorbar(xs, ms, yerr=ms_std, color=colour, marker=marker, capsize=3, label=model)
     left.set(xlabel="sequence length T", ylabel="accuracy", title="needle: accuracy, mean ± std over seeds")
     left.set_ylim(0, 1.02)
     right.set(
-        xlabel="sequence length T", ylabel="ms per training step", title="the same tokens per step: time against T"
+        xlabel="sequence length T",
+        ylabel="ms per training step",
+        title=f"{timing[0]['batch'] * timing[0]['T'] if timing else ''} tokens per step at every T",
     )
+    right.set_yscale("log")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)

@@ -38,18 +38,22 @@ def test_quick_run_writes_complete_finite_records(tmp_path: Path) -> None:
     assert records == json.loads(json.dumps(returned))
     for record in records:
         assert KEYS <= record.keys(), KEYS - record.keys()
-        assert math.isfinite(record["value"]) and record["seconds"] > 0 and record["steps"] == 4
+        assert math.isfinite(record["value"]) and record["seconds"] > 0
         assert record["n_params"] > 0 and record["lr"] in (1e-3, 3e-3)
+        assert record["steps"] == (quality.quick().timing_steps if record["task"] == "timing" else 4)
     main = [r for r in records if r["phase"] == "main"]
-    assert {r["task"] for r in main} == {"char", "recall", "needle"}
+    assert {r["task"] for r in main} == {"char", "recall", "needle", "timing"}
     assert {r["model"] for r in main} == {"softmax", "latte", "linear"}
     assert {r["metric"] for r in main if r["task"] == "needle"} == {"accuracy", "seconds_per_step"}
+    timing = [r for r in main if r["task"] == "timing"]
+    assert {r["T"] for r in timing} == set(quality.quick().timing_lengths)
     assert {r["n_pairs"] for r in main if r["task"] == "recall"} == set(quality.quick().recall_pairs)
     sweep = {r["n_latents"] for r in records if r["phase"] == "latent_sweep"}
     assert sweep == set(quality.quick().latent_sweep) - {quality.quick().n_latents}
     char = [r for r in main if r["task"] == "char"]
     assert all(0 < r["value"] < 10 for r in char)  # nats per character, near log(vocabulary) untrained
     assert (tmp_path / "summary.md").read_text().startswith("| phase")
+    assert "## Associative recall" in (tmp_path / "report.md").read_text()
 
 
 def test_every_model_has_the_same_parameters_but_latte_s_latent_projections() -> None:
