@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import ScalarFormatter
 
 __all__ = ["plot_all"]
 
@@ -60,6 +61,7 @@ def recall_against_pairs(records: list[dict[str, Any]], path: Path) -> Path:
         if xs:
             ax.errorbar(xs, means, yerr=stds, color=colour, marker=marker, capsize=3, label=model)
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set(xlabel="key-value pairs in context", ylabel="recall accuracy", title="recall: mean ± std over seeds")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -84,6 +86,7 @@ def recall_against_latents(records: list[dict[str, Any]], path: Path) -> Path | 
         if ys:
             ax.axhline(float(np.mean(ys)), color=STYLE[model][0], linestyle="--", label=f"{model} (mean)")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set(
         xlabel="latents L over all heads",
         ylabel="recall accuracy",
@@ -119,6 +122,7 @@ def needle_against_length(records: list[dict[str, Any]], path: Path) -> Path:
     right.set_yscale("log")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
