@@ -80,6 +80,7 @@ class Config:
     needle_lengths: tuple[int, ...] = (256, 512, 1024, 2048)
     timing_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
     timing_steps: int = 5  # timed steps after 2 untimed ones; the fastest is the record
+    timing_tokens: int = 4096  # tokens per timed step: batch = timing_tokens // T
     eval_batches: int = 4
     curve_points: int = 10
     models: tuple[str, ...] = ATTENTIONS
@@ -105,6 +106,7 @@ def quick() -> Config:
         needle_lengths=(256, 512),
         timing_lengths=(256, 512),
         timing_steps=2,
+        timing_tokens=512,
         eval_batches=1,
         curve_points=5,
     )
@@ -437,7 +439,7 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
 def time_steps(config: Config) -> list[dict[str, Any]]:
     """Seconds per training step of each model against T, apart from training: the fastest of a few steps.
 
-    The needle's batches, ``needle_tokens`` tokens per step at every T; the first learning
+    The needle's batches, ``timing_tokens`` tokens per step at every T; the first learning
     rate of the grid. On a shared machine the fastest step is the least disturbed one;
     each seed (a fresh model) is one measurement.
     """
@@ -451,7 +453,7 @@ def time_steps(config: Config) -> list[dict[str, Any]]:
                 )
                 optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr_grid[0], weight_decay=0.01)
                 rng = np.random.default_rng(seed)
-                batch = max(1, config.needle_tokens // length)
+                batch = max(1, config.timing_tokens // length)
                 load_before = os.getloadavg()[0]
                 times = []
                 for step in range(2 + config.timing_steps):
