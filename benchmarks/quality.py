@@ -8,13 +8,16 @@ same schedule and the same number of steps, on three tasks (``benchmarks/quality
 - ``char``: character language modelling on ``examples/data/coriolanus.txt``; held-out nats per character;
 - ``recall``: multi-query associative recall; accuracy against the number of key-value pairs,
   and, for Latte, against the number of latents;
-- ``needle``: a token hidden far back must be named at the end; accuracy and seconds per step against T.
+- ``needle``: a token hidden far back among blanks must be named at the end; accuracy against T;
+- ``timing``: seconds per training step against T at a fixed number of tokens per step (no training).
 
 Each model's learning rate is chosen per task from the same grid, on the first seed, by a
 validation set that is not the one reported; then every seed trains with it.
 
-    python benchmarks/quality.py --quick --output results/quality-quick    # about a minute
-    python benchmarks/quality.py --output results/quality                  # the full run, about half an hour
+    python benchmarks/quality.py --quick --output results/quality-quick        # under a minute
+    python benchmarks/quality.py --workers 3 --output results/quality          # the full run, about half an hour
+
+The full run's figures, and what they show, are in docs/comparison.md.
 
 ``DIR/results.json`` is a list of records (``task``, ``model``, ``seed``, ``metric``, ``value``,
 ``n_params``, ``steps``, ``seconds``, and the setting: ``n_pairs``, ``T``, ``n_latents``, ``lr``, ...);
