@@ -241,3 +241,24 @@ def test_the_torch_layer_takes_packed_rows(causal):
     for row, cu in enumerate(PACKINGS):
         for doc in _documents(cu):
             assert relative_error(y[row, doc].detach().numpy(), layer(x[row, doc]).detach().numpy()) <= 1e-12
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_the_model_takes_packed_rows(causal):
+    import latte_ref.model as lm
+
+    model = lm.init_model(vocab_size=11, d_model=16, n_layers=2, n_heads=2, n_latents=8)
+    tokens = np.random.default_rng(3).integers(0, 11, size=(2, T))
+    logits = lm.forward(model, tokens, causal=causal, segment_ids=_ids())
+    predictions, total = 0, 0.0
+    for row, cu in enumerate(PACKINGS):
+        for doc in _documents(cu):
+            alone = lm.forward(model, tokens[row, doc], causal=causal)
+            assert relative_error(logits[row, doc], alone) <= 1e-12
+            if causal and doc.stop - doc.start >= 2:
+                n = doc.stop - doc.start - 1
+                total += n * float(lm.next_token_loss(model, tokens[row, doc]))
+                predictions += n
+    if causal:
+        packed_loss = float(lm.next_token_loss(model, tokens, segment_ids=_ids()))
+        assert abs(packed_loss - total / predictions) <= 1e-12 * total / predictions
