@@ -389,7 +389,10 @@ def _entry_max(xp: Any, k: Array, max_before: Array, pieces: Pieces | None) -> A
         return xp.maximum(max_before, k[..., 0, :, :])[..., None, :, :]
     first_key = take_tokens(xp, k, pieces.first)  # [..., N, C, H, L]: each token's piece's first key
     history = xp.where(pieces.continues[..., None, None], max_before[..., None, :, :], -xp.inf)
-    return xp.maximum(history, first_key)
+    entry_max = xp.maximum(history, first_key)
+    # A piece whose R is nan or +inf has none to use: as with R = -inf, each of its finite keys is then
+    # out of bounds and its tokens take the per-token form, so its nan never meets another piece's rows.
+    return xp.where(entry_max < xp.inf, entry_max, -xp.inf)
 
 
 def _local_summaries(

@@ -262,3 +262,27 @@ def test_the_model_takes_packed_rows(causal):
     if causal:
         packed_loss = float(lm.next_token_loss(model, tokens, segment_ids=_ids()))
         assert abs(packed_loss - total / predictions) <= 1e-12 * total / predictions
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("form", ["causal", "bidirectional"])
+def test_a_bad_key_at_a_documents_first_token_stays_in_its_document(case, rng, form, bad):
+    """The first key of a piece is its reference: a nan or +inf there must not reach the chunk's other pieces."""
+    q, k, v = random_qkv(rng, (), T, 2, 3, 4)
+    k[17, 0, 1] = bad  # the first token of row 1's second document, [17, 18), inside a chunk of 16
+    k[18, 1, 2] = bad  # and of its third, [18, 33)
+    run = _forms(16)[form]
+    y = case.numpy(run(*(case.array(a) for a in (q, k, v)), segment_ids=case.array(_ids()[1])))
+    exact = [case.numpy(case.array(a)) for a in (q, k, v)]
+    for doc in (slice(0, 17), slice(33, 40)):
+        alone = latte_ref.definition(*(a[doc] for a in exact), causal=form == "causal")
+        assert relative_error(y[doc], alone) <= case.tol
+
+
+def test_an_infinite_history_stays_in_its_document(rng):
+    q, k, v = random_qkv(rng, (), 8, 1, 2, 3)
+    _, state = latte_ref.causal(q, k, v, return_state=True)
+    state = latte_ref.LatteState(np.full_like(state.running_max, np.inf), state.normaliser, state.numerator)
+    ids = np.array([0, 1, 1, 1, 1, 2, 2, 2])
+    y = latte_ref.causal(q, k, v, segment_ids=ids, chunk_size=8, state=state)
+    assert relative_error(y[1:5], latte_ref.definition(q[1:5], k[1:5], v[1:5], causal=True)) <= 1e-12
