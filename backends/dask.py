@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,18 @@ class DaskBackend(Backend):
         if name in DTYPE_NAMES and name not in self.dtypes():
             raise ValueError(f"backend 'dask' has no dtype {name!r}; it has {self.dtypes()}")
         return np.dtype(name)  # Dask arrays carry NumPy dtypes
+
+    @contextlib.contextmanager
+    def counting_computes(self, record: Callable[[Any], None]) -> Iterator[None]:
+        """Inside, every graph computed runs on the synchronous scheduler after ``record(keys)``."""
+        import dask
+
+        def counting_scheduler(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+            record(keys)
+            return dask.get(dsk, keys, **kwargs)
+
+        with dask.config.set(scheduler=counting_scheduler):
+            yield
 
     def owns(self, x: Any) -> bool:
         return type(x).__module__.startswith("dask.")

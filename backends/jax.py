@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,18 @@ class JaxBackend(Backend):
         import jax
 
         jax.config.update("jax_enable_x64", True)
+
+    @contextlib.contextmanager
+    def x64(self, enabled: bool) -> Iterator[None]:
+        """x64 mode set to ``enabled`` inside, and restored afterwards (for one run of one dtype)."""
+        import jax
+
+        before = self.x64_enabled()
+        jax.config.update("jax_enable_x64", enabled)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_enable_x64", before)
 
     def devices(self) -> list[Any]:
         import jax

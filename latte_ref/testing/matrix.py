@@ -160,14 +160,12 @@ class Case:
         if self.backend.name != "dask":
             yield self
             return
-        import dask
 
-        def counting_scheduler(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        def record(keys: Any) -> None:
             if not self._reading:
                 self.computes.append(str(keys)[:80])
-            return dask.get(dsk, keys, **kwargs)
 
-        with dask.config.set(scheduler=counting_scheduler):
+        with self.backend.counting_computes(record):  # type: ignore[attr-defined]
             yield self
         assert not self.computes, f"the library computed a Dask graph inside a call: {self.computes}"
 

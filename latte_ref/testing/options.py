@@ -90,14 +90,8 @@ def jax_x64_for(backend: backends.Backend, dtype: str) -> Iterator[None]:
     if backend.name != "jax":
         yield
         return
-    import jax
-
-    before = bool(jax.config.read("jax_enable_x64"))
-    jax.config.update("jax_enable_x64", dtype == "float64")
-    try:
+    with backend.x64(dtype == "float64"):  # type: ignore[attr-defined]
         yield
-    finally:
-        jax.config.update("jax_enable_x64", before)
 
 
 def check_arguments(
