@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from functools import cache
 from types import ModuleType
@@ -89,6 +90,25 @@ class Backend:
     def synchronize(self, x: Any) -> Any:
         """Wait until ``x`` is computed (for timing); returns ``x`` (Dask: the computed array)."""
         return x
+
+    # -- what the core asks of a framework (through latte_ref._dispatch) -------------------
+    def stop_gradient(self, x: Any) -> Any:
+        """``x`` with no gradient flowing back through it; arrays without autograd are returned as they are."""
+        return x
+
+    def exact_arithmetic(self, x: Any) -> contextlib.AbstractContextManager[None]:
+        """A context in which operations on arrays like ``x`` keep their dtypes (no automatic mixed precision)."""
+        return contextlib.nullcontext()
+
+    def is_traced(self, x: Any) -> bool:
+        """Whether the values of ``x`` cannot be read now (traced by a compiler, or lazy)."""
+        from array_api_compat import is_lazy_array
+
+        return bool(is_lazy_array(x))
+
+    def cond(self, pred: Any, if_true: Any, if_false: Any, operands: tuple[Any, ...]) -> Any:
+        """One of two branches by a boolean scalar array; eager arrays: a Python ``if``."""
+        return if_true(*operands) if bool(pred) else if_false(*operands)
 
     def owns(self, x: Any) -> bool:
         """Whether ``x`` is an array of this backend (without importing the framework)."""

@@ -73,6 +73,19 @@ class JaxBackend(Backend):
             x = x.astype(jnp.float32)
         return np.array(x, copy=True)
 
+    def stop_gradient(self, x: Any) -> Any:
+        import jax
+
+        return jax.lax.stop_gradient(x)
+
+    def cond(self, pred: Any, if_true: Any, if_false: Any, operands: tuple[Any, ...]) -> Any:
+        """``jax.lax.cond`` on a traced ``pred`` (under ``jit``), a Python ``if`` on a concrete one."""
+        import jax
+
+        if isinstance(pred, jax.core.Tracer):
+            return jax.lax.cond(pred, if_true, if_false, *operands)
+        return if_true(*operands) if bool(pred) else if_false(*operands)
+
     def synchronize(self, x: Any) -> Any:
         return x.block_until_ready()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,31 @@ class TorchBackend(Backend):
         if x.dtype == torch.bfloat16:
             x = x.to(torch.float32)  # NumPy has no bfloat16
         return np.from_dlpack(x.cpu()).copy()
+
+    def stop_gradient(self, x: Any) -> Any:
+        return x.detach()
+
+    def exact_arithmetic(self, x: Any) -> contextlib.AbstractContextManager[None]:
+        """Autocast off for ``x``'s device type, where it is on: the forms choose their own computation dtype."""
+        import torch  # a plain import, which torch.compile traces (importlib's it does not)
+
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, enabled=False)
+
+    def is_traced(self, x: Any) -> bool:
+        import torch
+
+        return bool(torch.compiler.is_compiling())
+
+    def cond(self, pred: Any, if_true: Any, if_false: Any, operands: tuple[Any, ...]) -> Any:
+        """``torch.cond`` while ``torch.compile`` traces (one graph, no break), a Python ``if`` eagerly."""
+        import torch
+
+        if torch.compiler.is_compiling():
+            return torch.cond(pred, if_true, if_false, operands)
+        return if_true(*operands) if bool(pred) else if_false(*operands)
 
     def synchronize(self, x: Any) -> Any:
         torch = self.framework()

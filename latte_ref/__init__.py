@@ -12,6 +12,7 @@ Shape letters used throughout:
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,10 @@ if "jax" in sys.modules:  # JAX is already there: LatteParams becomes a pytree n
 
 # Last: the sequence-parallel algorithms sit above the forms and register themselves with them.
 from . import parallel  # noqa: F401  isort: skip
+from ._dispatch import register_adapters  # isort: skip
+
+# The forms reach a framework's stop-gradient and autocast switch through its adapter (see _dispatch).
+register_adapters(importlib.import_module("latte_ref.backends").backend_of)
 
 if TYPE_CHECKING:
     # The adapters are installed as latte_ref.backends from the top-level backends/ folder (pyproject's

@@ -1,19 +1,50 @@
-"""Where the core forms hand an input to a sequence-parallel algorithm, without importing it.
+"""Where the core forms reach framework machinery without importing a framework.
 
 :func:`latte_ref.causal` and :func:`latte_ref.bidirectional` give Dask arrays to
 :mod:`latte_ref.parallel.dask`, which itself runs those forms on every block. Were the
 forms to import it, the two would import each other. Instead :mod:`latte_ref.parallel`
 registers its modules here when ``latte_ref`` is imported, and the forms look them up
 by name when such an input arrives: imports flow one way, from the forms to ``parallel``.
+
+Two array-level needs have no Array-API spelling and go to the framework's adapter in
+``latte_ref.backends`` (registered here by ``latte_ref``'s ``__init__``, looked up by the
+array's type):
+
+- :func:`stop_gradient`: a running max is only the frame in which sums of exponentials
+  are stored; it cancels out of every output, so no gradient may flow through its choice
+  (``torch.Tensor.detach``, ``jax.lax.stop_gradient``; nothing for arrays without autograd);
+- :func:`cond`: a choice between two computations by a value (the fast path or the exact
+  one), kept by compilers: a Python ``if`` on eager arrays, ``jax.lax.cond`` on traced JAX
+  arrays, ``torch.cond`` under ``torch.compile``;
+- :func:`exact_arithmetic`: the forms compute in the dtype they chose, whatever an automatic
+  mixed-precision context says (PyTorch's ``autocast`` would otherwise run their products in
+  float16, where the factored exponentials overflow).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any, TypeVar
 
-__all__ = ["register_sequence_parallel", "sequence_parallel"]
+from array_api_compat import is_lazy_array
+
+__all__ = [
+    "cond",
+    "exact_arithmetic",
+    "in_exact_arithmetic",
+    "is_traced",
+    "register_adapters",
+    "register_sequence_parallel",
+    "sequence_parallel",
+    "stop_gradient",
+]
 
 _REGISTERED: dict[str, ModuleType] = {}
+_ADAPTER_OF: list[Callable[[Any], Any]] = []  # backend_of, once latte_ref.backends is registered
+_ADAPTER_BY_TYPE: dict[type, Any] = {}
 
 
 def register_sequence_parallel(name: str, module: ModuleType) -> None:
@@ -35,3 +66,87 @@ def sequence_parallel(name: str) -> ModuleType:
         return _REGISTERED[name]
     except KeyError:
         raise RuntimeError(f"no sequence-parallel algorithm for {name!r} inputs; import latte_ref.parallel") from None
+
+
+def register_adapters(backend_of: Callable[[Any], Any]) -> None:
+    """Let the forms find the adapter of an array: ``backend_of(x)`` returns a ``latte_ref.backends.Backend``."""
+    _ADAPTER_OF[:] = [backend_of]
+    _ADAPTER_BY_TYPE.clear()
+
+
+def _adapter(x: Any) -> Any:
+    """The adapter of ``x``'s framework, cached by type; ``None`` for a type no adapter knows."""
+    kind = type(x)
+    try:
+        return _ADAPTER_BY_TYPE[kind]
+    except KeyError:
+        pass
+    adapter = None
+    if _ADAPTER_OF:
+        try:
+            adapter = _ADAPTER_OF[0](x)
+        except TypeError:
+            adapter = None
+    _ADAPTER_BY_TYPE[kind] = adapter
+    return adapter
+
+
+def stop_gradient(x: Any) -> Any:
+    """``x`` as a constant for automatic differentiation (the same values; no gradient flows back through it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from latte_ref._dispatch import stop_gradient
+    >>> stop_gradient(np.ones(2))  # NumPy has no autograd: the array itself
+    array([1., 1.])
+    """
+    adapter = _adapter(x)
+    return x if adapter is None else adapter.stop_gradient(x)
+
+
+def exact_arithmetic(x: Any) -> contextlib.AbstractContextManager[None]:
+    """A context inside which operations on arrays like ``x`` run in their own dtypes (no autocast)."""
+    adapter = _adapter(x)
+    return contextlib.nullcontext() if adapter is None else adapter.exact_arithmetic(x)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def in_exact_arithmetic(form: F) -> F:
+    """Decorate a form whose first argument is an array: it runs in :func:`exact_arithmetic` of that array."""
+
+    @functools.wraps(form)
+    def wrapper(x: Any, *args: Any, **kwargs: Any) -> Any:
+        with exact_arithmetic(x):
+            return form(x, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def cond(pred: Any, if_true: Callable[..., Any], if_false: Callable[..., Any], *operands: Any) -> Any:
+    """``if_true(*operands)`` where the boolean scalar array ``pred`` is True, else ``if_false(*operands)``.
+
+    Both branches must return arrays of the same shapes and dtypes (a tuple or NamedTuple of
+    them is fine): a compiler traces both and chooses at run time. Eagerly, only one runs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from latte_ref._dispatch import cond
+    >>> x = np.arange(3.0)
+    >>> cond(np.any(x > 1), lambda a: a * 2, lambda a: a, x)
+    array([0., 2., 4.])
+    """
+    adapter = _adapter(pred)
+    if adapter is None:
+        return if_true(*operands) if bool(pred) else if_false(*operands)
+    return adapter.cond(pred, if_true, if_false, operands)
+
+
+def is_traced(x: Any) -> bool:
+    """Whether ``x``'s values cannot be read now: a JAX array (traced under ``jit``, or possibly so), an
+    array ``torch.compile`` is tracing, a lazy array (Dask). Such arrays take branches by :func:`cond`."""
+    adapter = _adapter(x)
+    return is_lazy_array(x) if adapter is None else bool(adapter.is_traced(x))

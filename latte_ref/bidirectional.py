@@ -14,8 +14,9 @@ from ._array import (
     mask_keys_and_values,
     output_buffer,
     take_tokens,
+    warn_if_values_may_overflow,
 )
-from ._dispatch import sequence_parallel
+from ._dispatch import in_exact_arithmetic, sequence_parallel
 from .causal import causal, prefix_max
 from .segments import check_segment_ids, segment_index
 from .state import combine, read_queries, summarise
@@ -26,6 +27,7 @@ BLOCK_TOKENS = 16_384
 """Tokens summarised, and read, at a time: memory beyond the output stays that of one block."""
 
 
+@in_exact_arithmetic
 def bidirectional(
     q: Array,
     k: Array,
@@ -89,6 +91,7 @@ def bidirectional(
     """
     xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
     n_queries, n_keys = q.shape[-3], k.shape[-3]
+    warn_if_values_may_overflow(xp, v, state_tokens=n_keys)
     if segment_ids is not None:
         if n_queries != n_keys:
             raise ValueError(f"segment_ids needs q and k of one length, got Tq={n_queries} and Tk={n_keys}")

@@ -14,11 +14,13 @@ from ._array import (
     softmax,
     weighted_sum_where,
 )
+from ._dispatch import in_exact_arithmetic
 from .segments import check_segment_ids, segment_index, segment_starts
 
 __all__ = ["attention_matrix", "definition"]
 
 
+@in_exact_arithmetic
 def attention_matrix(
     q: Array,
     k: Array,
@@ -97,6 +99,7 @@ def attention_matrix(
     return xp.astype(a, out_dtype)
 
 
+@in_exact_arithmetic
 def definition(
     q: Array,
     k: Array,

@@ -8,18 +8,20 @@ from ._array import (
     Array,
     _prepare_qkv,
     check_flag,
-    finite_or_zero,
     mask_keys_and_values,
     mask_output,
     safe_divide,
     softmax,
+    warn_if_values_may_overflow,
 )
+from ._dispatch import in_exact_arithmetic
 from .segments import check_segment_ids
 from .state import LatteState, check_state, empty_state, restart
 
 __all__ = ["recurrent", "step"]
 
 
+@in_exact_arithmetic
 def step(
     q_t: Array, k_t: Array, v_t: Array, state: LatteState | None, *, mask_t: Array | None = None
 ) -> tuple[Array, LatteState]:
@@ -66,41 +68,94 @@ def step(
     >>> y.shape, state.numerator.shape
     ((2, 4), (2, 4, 4))
     """
-    xp, q_t, k_t, v_t, out_dtype, dtype = _prepare_qkv(q_t, k_t, v_t, mask_t, time_axis=False, mask_name="mask_t")
-    if state is None:
-        state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
-    else:
-        state = check_state(xp, state, q_t, v_t, dtype, time_axis=False)
+    xp, q_t, k_t, v_t, state, out_dtype, _ = _checked_step_inputs(q_t, k_t, v_t, state, mask_t)
     if mask_t is not None:
         # A padded token is a key of weight exp(-inf) = 0: the update below leaves the state as it is.
         k_t, v_t = mask_keys_and_values(xp, mask_t, k_t, v_t)
     y_t, state = _step(xp, q_t, k_t, v_t, state)
     if mask_t is not None:
         y_t = xp.where(mask_t[..., None, None], y_t, xp.zeros_like(y_t))
-    return xp.astype(y_t, out_dtype), state
+    return (y_t if y_t.dtype == out_dtype else xp.astype(y_t, out_dtype)), state
+
+
+# What the checks of `step` concluded, by the inputs' types, shapes, dtypes and devices: a decoder calls
+# `step` once per token with arrays of one signature, and the checks read nothing else.
+_CHECKED_STEPS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
+_EAGER_MODULES = ("numpy", "torch", "cupy")  # whose arrays are never traced (a FakeTensor's module differs)
+
+
+def _signature(*arrays: Array | None) -> tuple[Any, ...] | None:
+    """A hashable signature of eager arrays (None where any array is of another kind)."""
+    signature: list[Any] = []
+    for a in arrays:
+        if a is None:
+            signature.append(None)
+            continue
+        kind = type(a)
+        if kind.__module__ not in _EAGER_MODULES:
+            return None
+        signature.append((kind, tuple(a.shape), a.dtype, a.device))
+    return tuple(signature)
+
+
+def _checked_step_inputs(
+    q_t: Array, k_t: Array, v_t: Array, state: LatteState | None, mask_t: Array | None
+) -> tuple[Any, Array, Array, Array, LatteState, Any, Any]:
+    """``step``'s arguments checked and cast: (xp, q_t, k_t, v_t, state, out_dtype, dtype).
+
+    The checks look at types, shapes, dtypes and devices only, so for eager arrays their
+    verdict is cached by that signature and a decode loop pays for them once.
+    """
+    fields = (None, None, None) if not isinstance(state, LatteState) else tuple(state)
+    signature = _signature(q_t, k_t, v_t, mask_t, *fields)
+    known = None if signature is None else _CHECKED_STEPS.get((state is None, signature))
+    if known is not None:
+        xp, out_dtype, dtype = known
+        q_t, k_t, v_t = (a if a.dtype == dtype else xp.astype(a, dtype) for a in (q_t, k_t, v_t))
+        if state is None:
+            state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
+        elif state.numerator.dtype != dtype:
+            state = LatteState(*(xp.astype(a, dtype) for a in state))
+        return xp, q_t, k_t, v_t, state, out_dtype, dtype
+    xp, q_t, k_t, v_t, out_dtype, dtype = _prepare_qkv(q_t, k_t, v_t, mask_t, time_axis=False, mask_name="mask_t")
+    if state is None:
+        state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
+    else:
+        state = check_state(xp, state, q_t, v_t, dtype, time_axis=False)
+    if signature is not None:
+        if len(_CHECKED_STEPS) >= 64:  # a few signatures in practice; never let the cache grow without bound
+            _CHECKED_STEPS.clear()
+        _CHECKED_STEPS[(state is None, signature)] = (xp, out_dtype, dtype)
+    return xp, q_t, k_t, v_t, state, out_dtype, dtype
 
 
 def _step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tuple[Array, LatteState]:
-    """The update and read-out of :func:`step` on checked arrays of the computation dtype (k_t = -inf for padding)."""
+    """The update and read-out of :func:`step` on checked arrays of the computation dtype (k_t = -inf for padding).
+
+    A short, fixed sequence of elementwise operations and one small product, as a decoder wants.
+    """
     running_max = xp.maximum(state.running_max, k_t)  # [..., H, L]
-    # A +inf key makes exp(k - max) inf - inf = nan from then on, as documented; that nan is set here
-    # directly, from finite operands, so that NumPy has no inf - inf to warn about.
+    # The shift of the exponentials: the running max where it is finite; 0 for an empty history
+    # (-inf), so that exp(-inf - 0) = 0; and nan once a +inf key came (documented: nan from then
+    # on), set directly so that NumPy has no inf - inf to warn about.
     poisoned = running_max == xp.inf
-    zero, nan = xp.zeros_like(running_max), xp.full_like(running_max, xp.nan)
-    shift = finite_or_zero(xp, xp.where(poisoned, zero, running_max))
-    decay = xp.where(poisoned, nan, xp.exp(xp.where(poisoned, zero, state.running_max) - shift))  # <= 1
-    weight = xp.where(poisoned, nan, xp.exp(xp.where(poisoned, zero, k_t) - shift))  # [..., H, L]
+    not_finite = xp.where(poisoned, xp.full_like(running_max, xp.nan), xp.zeros_like(running_max))
+    shift = xp.where(xp.isfinite(running_max), running_max, not_finite)
+    decay = xp.exp(state.running_max - shift)  # [..., H, L], <= 1
+    weight = xp.exp(k_t - shift)
+    normaliser = state.normaliser * decay + weight
     state = LatteState(
         running_max=running_max,
-        normaliser=state.normaliser * decay + weight,
+        normaliser=normaliser,
         numerator=state.numerator * decay[..., None] + weight[..., None] * v_t[..., None, :],  # [..., H, L, D]
     )
     p_latent_given_query = softmax(xp, q_t, axis=-1)  # [..., H, L]
-    read = safe_divide(xp, p_latent_given_query, state.normaliser)  # p(l | t) / a_t
+    read = safe_divide(xp, p_latent_given_query, normaliser)  # p(l | t) / a_t
     y_t = (read[..., None, :] @ state.numerator)[..., 0, :]  # [..., H, 1, L] @ [..., H, L, D] -> [..., H, D]
     return y_t, state
 
 
+@in_exact_arithmetic
 def recurrent(
     q: Array,
     k: Array,
@@ -148,6 +203,7 @@ def recurrent(
     else:
         state = check_state(xp, state, q, v, dtype)
     starts = None if segment_ids is None else check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
+    warn_if_values_may_overflow(xp, v, state_tokens=q.shape[-3])
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
     # Checked once above: the loop runs the bare update, token by token.

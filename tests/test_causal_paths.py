@@ -18,25 +18,34 @@ from latte_ref.testing.matrix import Case
 from latte_ref.testing.tolerance import TOLERANCES, relative_error
 
 causal_module = importlib.import_module("latte_ref.causal")
+# Where causal_block looks up factoring_bound and causal_chunk: the module to patch them in.
+block_module = importlib.import_module("latte_ref.causal.block")
+
+
+def _patch_block(monkeypatch: pytest.MonkeyPatch, name: str, replacement: Any) -> None:
+    """Replace ``name`` where the causal form looks it up (a patch anywhere else would have no effect)."""
+    looks_up = block_module.causal_block
+    assert looks_up.__globals__ is vars(block_module) and name in looks_up.__code__.co_names, name
+    monkeypatch.setattr(block_module, name, replacement)
 
 
 @pytest.fixture
 def per_token_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every chunk, every token by the per-token form."""
-    monkeypatch.setattr(causal_module, "factoring_bound", lambda xp, dtype: -np.inf)
+    _patch_block(monkeypatch, "factoring_bound", lambda xp, dtype, chunk_size: -np.inf)
 
 
 @pytest.fixture
 def per_token_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many chunks each call of the per-token form received."""
     calls: list[int] = []
-    original = causal_module.causal_chunk
+    original = block_module.causal_chunk
 
     def counting(xp: Any, q: Any, k: Any, v: Any, state: Any, **options: Any) -> Any:
         calls.append(q.shape[-4] if q.ndim >= 4 else 1)
         return original(xp, q, k, v, state, **options)
 
-    monkeypatch.setattr(causal_module, "causal_chunk", counting)
+    _patch_block(monkeypatch, "causal_chunk", counting)
     return calls
 
 
@@ -68,7 +77,7 @@ def test_per_token_path_alone_equals_the_definition(case: Case, rng: np.random.G
 def test_both_paths_agree_with_each_other(case: Case, rng: np.random.Generator, monkeypatch: Any) -> None:
     q, k, v = (case.array(a) for a in random_qkv(rng, (2,), 45, 2, 3, 4, scale=3.0))
     factored, state = latte_ref.causal(q, k, v, chunk_size=8, return_state=True)
-    monkeypatch.setattr(causal_module, "factoring_bound", lambda xp, dtype: -np.inf)
+    _patch_block(monkeypatch, "factoring_bound", lambda xp, dtype, chunk_size: -np.inf)
     per_token, state_per_token = latte_ref.causal(q, k, v, chunk_size=8, return_state=True)
     assert relative_error(case.numpy(factored), case.numpy(per_token)) <= case.tol
     for a, b in zip(state, state_per_token, strict=True):
@@ -91,7 +100,7 @@ def test_jumping_and_sliding_logits(
     for a, b in zip(state, exact_state, strict=True):
         assert relative_error(np.asarray(a, dtype=np.float64), b) <= TOLERANCES[dtype][1]
     n_chunks = -(-n_tokens // chunk_size)
-    # In float32 (bound 39.5) only the chunks with a jump take the per-token form; float64's bound is 600.
+    # In float32 (bound 31.5 at C = 64) only the chunks with a jump take the per-token form; float64's is 332.
     assert sum(per_token_calls) < n_chunks and (dtype == "float64" or sum(per_token_calls) > 0)
 
 
@@ -105,10 +114,14 @@ def test_a_jump_inside_a_chunk_leaves_the_earlier_tokens_factored_and_causal(rng
     assert relative_error(y_jump, latte_ref.definition(q, jumped, v, causal=True)) <= 1e-13
 
 
-def test_the_bound_of_each_dtype() -> None:
+def test_the_bound_of_each_dtype_and_chunk_size() -> None:
+    """The backward's bound, (-ln tiny + ln eps) / 2 - ln C, is below the forward's in both dtypes."""
     xp = latte_ref.backends.get_backend("numpy").namespace()
-    assert 39 < causal_module.factoring_bound(xp, xp.float32) < 40
-    assert 600 < causal_module.factoring_bound(xp, xp.float64) < 601
+    assert 31.5 < causal_module.factoring_bound(xp, xp.float32, 64) < 31.6
+    assert 29.4 < causal_module.factoring_bound(xp, xp.float32, 512) < 29.5
+    assert 35.6 < causal_module.factoring_bound(xp, xp.float32, 1) < 35.8
+    assert 331.9 < causal_module.factoring_bound(xp, xp.float64, 64) < 332.1
+    assert causal_module.factoring_bound(xp, xp.float64) == causal_module.factoring_bound(xp, xp.float64, 64)
 
 
 @pytest.mark.parametrize("segmented", [False, True], ids=["unpacked", "packed"])
