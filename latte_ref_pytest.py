@@ -45,6 +45,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="it takes segment_ids= (runs the packed cases, which are otherwise skipped)",
     )
+    group.addoption(
+        "--latte-grad",
+        action="store_true",
+        help="also compare its gradients by q, k, v with the definition's (torch or jax; adds the tied-key cases)",
+    )
     group.addoption("--latte-seed", type=int, default=0, help="suite seed (default: 0)")
     group.addoption(
         "--latte-logit-scale",
@@ -84,6 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
             options["batch_axes"],
             None,
             with_segments=options["with_segments"],
+            grad=options["grad"],
         )
     except UsageError as exc:
         raise pytest.UsageError(f"--latte-impl {options['impl']}: {exc}") from None
@@ -101,7 +107,7 @@ class LatteSuite(pytest.Collector):
 
         options = _options(self.config)
         flags = {key: options[key] for key in ("with_mask", "with_state", "with_segments")}
-        for name in case_names(options["form"], **flags):
+        for name in case_names(options["form"], **flags, with_grad=options["grad"]):
             yield LatteCaseItem.from_parent(self, name=name)
         for name, why in skipped_cases(options["form"], **flags).items():
             yield LatteCaseItem.from_parent(self, name=name, skipped=why)
@@ -155,4 +161,5 @@ def _options(config: pytest.Config) -> dict[str, Any]:
         "seed": config.getoption("latte_seed"),
         "logit_scale": config.getoption("latte_logit_scale"),
         "batch_axes": config.getoption("latte_batch_axes"),
+        "grad": config.getoption("latte_grad"),
     }

@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="feed every case with exactly N batch axes, 0, 1 or 2 (default: each case's own)",
     )
+    parser.add_argument(
+        "--grad",
+        action="store_true",
+        help="also compare its gradients by q, k, v (of sum(y * w), w fixed) with the definition's in float64,"
+        " and add the tied-key cases (torch or jax only)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="suite seed (default: 0)")
     parser.add_argument("--case", action="append", metavar="NAME", help="run only this case (repeatable)")
     parser.add_argument(
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             save_dir=args.save_dir,
             logit_scale=args.logit_scale,
             batch_axes=args.batch_axes,
+            grad=args.grad,
         )
     except UsageError as exc:
         print(f"latte-ref validate: error: {exc}", file=sys.stderr)

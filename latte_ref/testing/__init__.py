@@ -9,11 +9,14 @@ plugin (``pytest --latte-impl pkg.module:function``) run the same suite.
 It is also the project's one testing toolkit, which the test suite, ``latte-ref check``
 and ``latte-ref validate`` share: the case type and the backend x device x dtype matrix
 (:mod:`~latte_ref.testing.matrix`), random inputs (:mod:`~latte_ref.testing.inputs`), the
-one tolerance table and error metric (:mod:`~latte_ref.testing.tolerance`), and
-independent implementations to check against (:mod:`~latte_ref.testing.references`).
+one tolerance table and error metric (:mod:`~latte_ref.testing.tolerance`), gradients through
+torch and jax autograd (:mod:`~latte_ref.testing.gradients`), and independent
+implementations to check against (:mod:`~latte_ref.testing.references`).
 
 This subpackage is part of the core: it sees arrays only through
-:mod:`latte_ref.backends` and the Array API.
+:mod:`latte_ref.backends` and the Array API, but where a framework's autograd is the point
+(:mod:`~latte_ref.testing.gradients`, like the references): there it imports torch or jax
+inside the functions, so that importing it imports neither.
 """
 
 from __future__ import annotations

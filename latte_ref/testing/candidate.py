@@ -1,4 +1,5 @@
-"""The candidate of :func:`latte_ref.testing.validate`: loading it by name, and saying where and why it raised.
+"""The candidate of :func:`latte_ref.testing.validate`: loading it by name, calling it by its form's contract, and
+saying where and why it raised.
 
 A name that does not resolve is a usage error (:class:`UsageError`, exit status 2 on the
 command line), never a failed case: status 1 means only "the candidate disagrees". A
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import itertools
 import os
 import sys
 import sysconfig
@@ -21,7 +23,14 @@ from typing import Any
 
 from .. import backends
 
-__all__ = ["CandidateError", "UsageError", "describe_exception", "load_candidate", "other_backend_hint"]
+__all__ = [
+    "CandidateError",
+    "UsageError",
+    "call_candidate",
+    "describe_exception",
+    "load_candidate",
+    "other_backend_hint",
+]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Installed libraries and the standard library: frames there are not the candidate's own code.
@@ -85,6 +94,59 @@ def load_candidate(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise CandidateError(f"{spec} is a {type(obj).__name__}, not a callable")
     return obj  # type: ignore[no-any-return]
+
+
+def call_candidate(
+    candidate: Callable[..., Any],
+    form: str,
+    q: Any,
+    k: Any,
+    v: Any,
+    mask: Any,
+    segment_ids: Any = None,
+    *,
+    cuts: tuple[int, ...] = (),
+    layout: str = "BTHD",
+    with_state: bool = False,
+) -> Any:
+    """The candidate's output for the whole sequence, in (..., T, H, D), following the form's contract.
+
+    ``mask`` and ``segment_ids`` (..., T) are passed only when given, cut along T like q, k, v.
+    """
+    xp = backends.backend_of(q).namespace()
+    if form == "step":
+        return _scan_steps(candidate, xp, q, k, v, mask)
+    bounds = [0, *cuts, q.shape[-3]]
+    outputs = []
+    state = None
+    for start, stop in itertools.pairwise(bounds):
+        pieces = [_to_layout(xp, a[..., start:stop, :, :], layout) for a in (q, k, v)]
+        kwargs: dict[str, Any] = {}
+        if mask is not None:
+            kwargs["mask"] = mask[..., start:stop]
+        if segment_ids is not None:
+            kwargs["segment_ids"] = segment_ids[..., start:stop]
+        if with_state and form == "causal":
+            y, state = candidate(*pieces, state=state, return_state=True, **kwargs)
+        else:
+            y = candidate(*pieces, **kwargs)
+        outputs.append(_to_layout(xp, y, layout))
+    return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-3)
+
+
+def _scan_steps(candidate: Callable[..., Any], xp: Any, q: Any, k: Any, v: Any, mask: Any) -> Any:
+    state = None
+    outputs = []
+    for t in range(q.shape[-3]):
+        kwargs = {} if mask is None else {"mask_t": mask[..., t]}
+        y_t, state = candidate(q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state, **kwargs)
+        outputs.append(y_t)
+    return xp.stack(outputs, axis=-3)
+
+
+def _to_layout(xp: Any, x: Any, layout: str) -> Any:
+    """(..., T, H, X) <-> (..., H, T, X): the swap is its own inverse."""
+    return x if layout == "BTHD" else xp.moveaxis(x, -3, -2)
 
 
 def describe_exception(exc: BaseException, backend: str) -> str:

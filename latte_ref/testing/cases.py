@@ -12,14 +12,14 @@ The packed cases (``packed_*``) hold several documents per row, told apart by
 
 from __future__ import annotations
 
-import itertools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .inputs import random_qkv
+from .grad_cases import GRAD_CASES, build_grad_case, grad_case_names
+from .inputs import random_qkv, segment_ids_of, segment_lengths
 
 __all__ = [
     "FORMS",
@@ -29,6 +29,7 @@ __all__ = [
     "generate_cases",
     "make_case",
     "packed_names",
+    "segment_ids_of",
     "segment_lengths",
     "skipped_cases",
 ]
@@ -160,9 +161,14 @@ def _mask_random(rng: np.random.Generator, batch: int, t: int) -> np.ndarray:
 
 
 def case_names(
-    form: str, *, with_mask: bool = False, with_state: bool = False, with_segments: bool = False
+    form: str,
+    *,
+    with_mask: bool = False,
+    with_state: bool = False,
+    with_segments: bool = False,
+    with_grad: bool = False,
 ) -> list[str]:
-    """The names of the cases :func:`generate_cases` makes for these flags, in order.
+    """The names of the cases :func:`generate_cases` makes for these flags, in order (the tied-key ones with grad).
 
     Examples
     --------
@@ -179,6 +185,8 @@ def case_names(
     if with_segments:
         skipped = skipped_cases(form, with_mask=with_mask, with_state=with_state, with_segments=True)
         names += [name for name in packed_names(form) if name not in skipped]
+    if with_grad:
+        names += grad_case_names(form, with_mask=with_mask, with_state=with_state)
     return names
 
 
@@ -283,35 +291,6 @@ PACKED_CUTS = (1, 18, 34, 41, 50)
 state), but at the second token of documents (18 and 41 in the first row, 34 in the second) and inside them."""
 
 
-def segment_ids_of(lengths: tuple[int, ...] | list[int], *, first: int = 0, step: int = 1) -> np.ndarray:
-    """(T,) int32 ids, T = sum(lengths): document i, of ``lengths[i]`` tokens, gets id ``first + i * step``.
-
-    Examples
-    --------
-    >>> from latte_ref.testing.cases import segment_ids_of
-    >>> segment_ids_of([2, 1, 3], first=5, step=2).tolist()
-    [5, 5, 7, 9, 9, 9]
-    """
-    ids = first + step * np.arange(len(lengths))
-    return np.repeat(ids, lengths).astype(np.int32)
-
-
-def segment_lengths(segment_ids: np.ndarray) -> list[int]:
-    """The lengths of the runs of equal ids in one row (T,): the documents of a packed row.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from latte_ref.testing.cases import segment_lengths
-    >>> segment_lengths(np.array([5, 5, 7, 9, 9, 9]))
-    [2, 1, 3]
-    """
-    if segment_ids.size == 0:
-        return []
-    bounds = [0, *(np.flatnonzero(np.diff(segment_ids)) + 1).tolist(), int(segment_ids.size)]
-    return [stop - start for start, stop in itertools.pairwise(bounds)]
-
-
 def _packed_case(name: str, seed: int, rng: np.random.Generator) -> ValidationCase:
     """The packed case ``name``: random q, k, v over the packing's rows, its ids, and its mask or cuts."""
     packing = _packings()[name]
@@ -349,6 +328,9 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
         description, build = builders[name]
         q, k, v = build(rng)
         return ValidationCase(name, seed, description, q, k, v)
+    if name in GRAD_CASES:
+        q, k, v, mask, cuts = build_grad_case(name, rng)
+        return ValidationCase(name, seed, GRAD_CASES[name].description, q, k, v, mask=mask, cuts=cuts)
     if name.startswith("mask_"):
         t = 29
         q, k, v = random_qkv(rng, (2,), t, 2, 4, 8)
@@ -376,7 +358,7 @@ def make_case(name: str, form: str, *, seed: int = 0) -> ValidationCase:
             v,
             cuts=(7, 60, 61, 120),
         )
-    known = ", ".join(case_names(form, with_mask=True, with_state=True, with_segments=True))
+    known = ", ".join(case_names(form, with_mask=True, with_state=True, with_segments=True, with_grad=True))
     raise ValueError(f"unknown case {name!r}; known for form {form!r}: {known}")
 
 
@@ -386,6 +368,7 @@ def generate_cases(
     with_mask: bool = False,
     with_state: bool = False,
     with_segments: bool = False,
+    with_grad: bool = False,
     seed: int = 0,
     names: list[str] | None = None,
 ) -> list[ValidationCase]:
@@ -398,7 +381,8 @@ def generate_cases(
     ['mask_right', 'mask_left', 'mask_all_padded', 'mask_random']
     """
     if names is None:
-        names = case_names(form, with_mask=with_mask, with_state=with_state, with_segments=with_segments)
+        flags = {"with_mask": with_mask, "with_state": with_state, "with_segments": with_segments}
+        names = case_names(form, **flags, with_grad=with_grad)
     return [make_case(name, form, seed=seed) for name in names]
 
 

@@ -1,10 +1,12 @@
-"""Random inputs for tests and checks: float64 NumPy q, k, v in the (..., T, H, L) / (..., T, H, D) layout."""
+"""Random inputs for tests and checks: float64 NumPy q, k (..., T, H, L), v (..., T, H, D), and segment ids."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
-__all__ = ["random_qkv", "right_padded_mask"]
+__all__ = ["random_qkv", "right_padded_mask", "segment_ids_of", "segment_lengths"]
 
 
 def random_qkv(
@@ -44,3 +46,32 @@ def right_padded_mask(lengths: list[int], T: int) -> np.ndarray:
     [[1, 1, 1, 0], [1, 0, 0, 0]]
     """
     return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
+
+def segment_ids_of(lengths: tuple[int, ...] | list[int], *, first: int = 0, step: int = 1) -> np.ndarray:
+    """(T,) int32 ids, T = sum(lengths): document i, of ``lengths[i]`` tokens, gets id ``first + i * step``.
+
+    Examples
+    --------
+    >>> from latte_ref.testing.inputs import segment_ids_of
+    >>> segment_ids_of([2, 1, 3], first=5, step=2).tolist()
+    [5, 5, 7, 9, 9, 9]
+    """
+    ids = first + step * np.arange(len(lengths))
+    return np.repeat(ids, lengths).astype(np.int32)
+
+
+def segment_lengths(segment_ids: np.ndarray) -> list[int]:
+    """The lengths of the runs of equal ids in one row (T,): the documents of a packed row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from latte_ref.testing.inputs import segment_lengths
+    >>> segment_lengths(np.array([5, 5, 7, 9, 9, 9]))
+    [2, 1, 3]
+    """
+    if segment_ids.size == 0:
+        return []
+    bounds = [0, *(np.flatnonzero(np.diff(segment_ids)) + 1).tolist(), int(segment_ids.size)]
+    return [stop - start for start, stop in itertools.pairwise(bounds)]

@@ -15,6 +15,7 @@ from typing import Any
 from .. import backends
 from .candidate import UsageError
 from .cases import FORMS, PACKED_FORMS, case_names
+from .gradients import AUTOGRAD_BACKENDS, has_autograd
 
 __all__ = [
     "BATCH_AXES",
@@ -104,6 +105,7 @@ def check_arguments(
     cases: list[str] | None,
     *,
     with_segments: bool = False,
+    grad: bool = False,
 ) -> backends.Backend:
     """Every argument that can be checked before running, as a :class:`UsageError`; returns the backend."""
     if form not in FORMS:
@@ -124,7 +126,7 @@ def check_arguments(
     if logit_scale is not None and not resolve_logit_scale(logit_scale, 1) > 0:
         raise UsageError(f"logit_scale must be positive; got {logit_scale!r}")
     # Naming a case asks for it, whatever the flags.
-    known = case_names(form, with_mask=True, with_state=True, with_segments=True)
+    known = case_names(form, with_mask=True, with_state=True, with_segments=True, with_grad=True)
     unknown = [name for name in cases or () if name not in known]
     if unknown:
         raise UsageError(f"unknown case {unknown[0]!r} for form {form!r}; known: {', '.join(known)}")
@@ -135,4 +137,9 @@ def check_arguments(
         raise UsageError(str(exc)) from None
     if dtype not in chosen.dtypes() and not (backend == "jax" and dtype == "float64"):
         raise UsageError(f"backend {backend!r} has no dtype {dtype!r}; it has {', '.join(chosen.dtypes())}")
+    if grad and not has_autograd(chosen):
+        raise UsageError(
+            f"--grad compares gradients, and backend {backend!r} has no autograd: "
+            f"use --backend {' or --backend '.join(AUTOGRAD_BACKENDS)}"
+        )
     return chosen

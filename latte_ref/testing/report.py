@@ -38,6 +38,8 @@ class CaseResult:
 
     ``segments`` holds a packed case's documents' lengths in each row (batch axes flattened);
     ``skipped`` says why a case did not run (then ``passed`` is False but it fails nothing).
+    With ``grad``, ``grad_error`` is the gradients' error (max |g - g_ref| over max |g_ref|, the worst of
+    dq, dk, dv, named by ``grad_worst``) and ``grad_tolerance`` its bound; ``passed`` needs both within.
     """
 
     name: str
@@ -52,6 +54,16 @@ class CaseResult:
     traceback: str = ""
     segments: list[list[int]] | None = None
     skipped: str = ""
+    grad_error: float | None = None
+    grad_tolerance: float | None = None
+    grad_worst: str = ""
+    grad_note: str = ""
+
+    def add_gradients(self, error: float, bound: float, worst: str, note: str = "", traceback: str = "") -> None:
+        """Record the gradients' comparison: a failing one fails the case."""
+        self.grad_error, self.grad_tolerance, self.grad_worst, self.grad_note = error, bound, worst, note
+        self.passed = self.passed and not note and error <= bound
+        self.traceback = self.traceback or traceback
 
     @property
     def status(self) -> str:
@@ -61,9 +73,12 @@ class CaseResult:
     @property
     def ratio(self) -> float:
         """The worse metric over its bound (``inf`` when the case failed for another reason: a crash, a dtype)."""
-        if self.note and not self.passed:
+        if (self.note or self.grad_note) and not self.passed:
             return float("inf")
-        return self.tolerance.ratio(self.rel_rms, self.max_abs)
+        ratio = self.tolerance.ratio(self.rel_rms, self.max_abs)
+        if self.grad_error is not None and self.grad_tolerance:
+            ratio = max(ratio, self.grad_error / self.grad_tolerance)
+        return ratio
 
 
 @dataclass
@@ -92,19 +107,34 @@ class Report:
 
     def table(self) -> str:
         """One row per case (what it probes at the end); under a failing one, why and where it first goes wrong."""
-        header = f"{'case':<20} {'shape':<24} {'max abs':>9} {'rel rms':>9}  {'tolerance':<26} {'result':<6}  probes"
+        grad = bool(self.settings.get("grad"))
+        columns = f" {'grad err':>9} {'grad tol':>8}" if grad else ""
+        header = f"{'case':<20} {'shape':<24} {'max abs':>9} {'rel rms':>9}  {'tolerance':<26}{columns}"
+        header += f" {'result':<6}  probes"
         lines = [header, "-" * len(header)]
         for r in self.results:
             if r.skipped:
-                lines.append(f"{r.name:<20} {r.shape:<24} {'-':>9} {'-':>9}  {'':<26} {r.status:<6}  {r.description}")
+                blank = f" {'-':>9} {'-':>8}" if grad else ""
+                lines.append(
+                    f"{r.name:<20} {r.shape:<24} {'-':>9} {'-':>9}  {'':<26}{blank} {r.status:<6}  {r.description}"
+                )
                 lines.append(f"    skipped: {r.skipped}")
                 continue
+            gradient = ""
+            if grad:
+                error = "-" if r.grad_error is None else f"{r.grad_error:.2e}"
+                bound = "-" if r.grad_tolerance is None else f"{r.grad_tolerance:.1e}"
+                gradient = f" {error:>9} {bound:>8}"
             lines.append(
-                f"{r.name:<20} {r.shape:<24} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26} {r.status:<6}"
-                f"  {r.description}"
+                f"{r.name:<20} {r.shape:<24} {r.max_abs:>9.2e} {r.rel_rms:>9.2e}  {r.tolerance!s:<26}{gradient}"
+                f" {r.status:<6}  {r.description}"
             )
             if r.note:
                 lines.append(f"    {r.note}")
+            if r.grad_note:
+                lines.append(f"    {r.grad_note}")
+            elif r.grad_error is not None and r.grad_tolerance is not None and not r.grad_error <= r.grad_tolerance:
+                lines.append(f"    gradient: {format_gradient_failure(r.grad_worst, r.grad_error, r.grad_tolerance)}")
             if r.segments is not None and not r.passed:
                 lines.append(f"    documents per row: {format_segments(r.segments)}")
             if r.first_mismatch is not None:
@@ -119,7 +149,12 @@ class Report:
         reference = "reference: Latte(q, k, v)" if scale is None else f"reference: Latte(s*q, s*k, v), s = {scale}"
         axes = s.get("batch_axes")
         fed = "as each case has them (0, 1 or 2)" if axes is None else f"exactly {axes}"
-        return f"{title}\n{reference}; batch axes: {fed}"
+        gradients = ""
+        if s.get("grad"):
+            gradients = (
+                f"\ngradients: of sum(y * w) by q, k, v (w fixed), against the reference's, float64 {s['backend']}"
+            )
+        return f"{title}\n{reference}; batch axes: {fed}{gradients}"
 
     def tracebacks(self) -> str:
         """The full traceback of every case whose candidate raised (``--traceback``)."""
@@ -157,6 +192,8 @@ class Report:
             }
             if r.skipped:
                 row["max_abs"] = row["rel_rms"] = row["tolerance"]["rel_rms"] = row["tolerance"]["max_abs"] = None
+            elif row["grad_error"] is not None and not np.isfinite(row["grad_error"]):
+                row["grad_error"] = None  # a backward that raised measured nothing: grad_note says why
             rows.append(row)
         worst = self.worst
         return {
@@ -205,7 +242,12 @@ def reproduce_command(settings: dict[str, Any], case_name: str) -> str:
         parts += ["--batch-axes", str(settings["batch_axes"])]
     if settings["layout"] != "BTHD":
         parts += ["--layout", settings["layout"]]
-    flags = {"--with-mask": "with_mask", "--with-state": "with_state", "--with-segments": "with_segments"}
+    flags = {
+        "--with-mask": "with_mask",
+        "--with-state": "with_state",
+        "--with-segments": "with_segments",
+        "--grad": "grad",
+    }
     parts += [flag for flag, key in flags.items() if settings.get(key)]
     return " ".join(parts)
 
@@ -272,3 +314,10 @@ def format_mismatch(m: dict[str, Any]) -> str:
 def format_segments(segments: list[list[int]]) -> str:
     """A packed case's documents' lengths, row by row: ``[7, 20, 14] | [3, 5, 9, 2, 22]``."""
     return " | ".join(str(row) for row in segments)
+
+
+def format_gradient_failure(worst: str, error: float, bound: float) -> str:
+    """Why a case's gradients fail, in one line: which of dq, dk, dv is worst, and by how much."""
+    if not np.isfinite(error):
+        return f"{worst} is not finite (or not of its input's shape): the backward disagrees"
+    return f"{worst} is off by {error:.3g} x max |g_ref| (bound {bound:.1e}): the backward disagrees"

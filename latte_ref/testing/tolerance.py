@@ -46,6 +46,7 @@ import numpy as np
 
 __all__ = [
     "FIXED_TOLERANCES",
+    "GRAD_TOLERANCES",
     "LOGIT_SCALE",
     "LOW_PRECISION_FACTOR",
     "NOT_RUN",
@@ -54,6 +55,7 @@ __all__ = [
     "Tolerance",
     "errors",
     "fixed_tolerance",
+    "grad_tolerance",
     "relative_error",
     "relative_to_baseline",
     "within",
@@ -74,6 +76,18 @@ different bounds, each entry is the tightest of them.
 
 FIXED_TOLERANCES: dict[str, tuple[float, float]] = {dtype: TOLERANCES[dtype] for dtype in ("float64", "float32")}
 """The dtypes a candidate is held to fixed bounds in (scale: max |v|); 16-bit ones are judged against a baseline."""
+
+GRAD_TOLERANCES: dict[str, float] = {"float64": 1e-9, "float32": 1e-4}
+"""dtype -> bound on a gradient's error (:func:`latte_ref.testing.gradients.gradient_error`: max abs over max |g_ref|).
+
+Gradients carry more rounding than the output (the backward pass differences the softmaxes'
+exponentials once more, and sums over every later token), so the bounds are looser than the
+forward ones, and still far below what a wrong backward gives (a gradient of k missing, or
+scaled by 1.01: 1e-2 and more). float64: 1e-9, as the test suite has always held the forms'
+gradients to (measured: below 2e-15); float32: 1e-4 (measured: below 1e-6). 16-bit gradients are judged
+against latte-ref's own at that precision, as their outputs are; both bounds grow with the
+logits as the forward ones do (:func:`grad_tolerance`).
+"""
 
 LOGIT_SCALE = 16.0
 """Logit magnitude up to which the fixed bounds apply unscaled."""
@@ -169,3 +183,23 @@ def relative_to_baseline(dtype: str, baseline_rel_rms: float, baseline_max_abs: 
         LOW_PRECISION_FACTOR * max(baseline_max_abs, u * value_scale),
         f"{LOW_PRECISION_FACTOR:g}x latte-ref in {dtype}",
     )
+
+
+def grad_tolerance(dtype: str, logit_scale: float = 0.0, baseline: float | None = None) -> tuple[float, str]:
+    """``(bound, rule)`` for a gradient's error: :data:`GRAD_TOLERANCES` for float64 and float32, grown with the
+    logits' size like :func:`fixed_tolerance`; for 16-bit dtypes :data:`LOW_PRECISION_FACTOR` x ``baseline``
+    (latte-ref's own gradient error at that precision), floored at the unit roundoff.
+
+    Examples
+    --------
+    >>> from latte_ref.testing.tolerance import grad_tolerance
+    >>> grad_tolerance("float64")
+    (1e-09, 'fixed float64')
+    >>> grad_tolerance("float16", baseline=1e-3)
+    (0.008, '8x latte-ref in float16')
+    """
+    if dtype in GRAD_TOLERANCES:
+        return GRAD_TOLERANCES[dtype] * max(1.0, logit_scale / LOGIT_SCALE), f"fixed {dtype}"
+    if baseline is None:
+        raise ValueError(f"a {dtype} gradient is judged against a baseline: pass latte-ref's own error")
+    return LOW_PRECISION_FACTOR * max(baseline, UNIT_ROUNDOFF[dtype]), f"{LOW_PRECISION_FACTOR:g}x latte-ref in {dtype}"

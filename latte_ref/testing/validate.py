@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import traceback
 from collections.abc import Callable
@@ -14,8 +13,16 @@ from .. import backends
 from ..bidirectional import bidirectional
 from ..causal import causal
 from ..definition import definition
-from .candidate import UsageError, backend_name_of, describe_exception, load_candidate, other_backend_hint
-from .cases import ValidationCase, generate_cases, make_case, skipped_cases
+from .candidate import (
+    UsageError,
+    backend_name_of,
+    call_candidate,
+    describe_exception,
+    load_candidate,
+    other_backend_hint,
+)
+from .cases import ValidationCase, case_rng, generate_cases, make_case, skipped_cases
+from .gradients import compare_gradients, readout_weights
 from .options import check_arguments, fed_q_shape, jax_x64_for, resolve_logit_scale, with_batch_axes
 from .report import CaseResult, Report, ValidationError, first_mismatch, reproduce_command, save_worst, shape_label
 from .tolerance import FIXED_TOLERANCES, NOT_RUN, errors, fixed_tolerance, relative_to_baseline
@@ -52,6 +59,7 @@ def validate(
     save_dir: str | os.PathLike[str] | None = None,
     logit_scale: float | str | None = None,
     batch_axes: int | None = None,
+    grad: bool = False,
 ) -> Report:
     """Check a Latte implementation against the float64 reference on the conformance cases.
 
@@ -98,13 +106,19 @@ def validate(
         Feed every case with exactly this many batch axes (the cases' batches are flattened
         into one axis, or given leading axes of size 1, or, for 0, run one sequence per call).
         By default each case keeps its own: 0, 1 or 2.
+    grad : bool
+        Also compare the gradients of ``sum(y * w)`` (w fixed and random) with respect to q, k
+        and v with those of :func:`latte_ref.definition` in float64 in the same framework
+        (torch or jax only), and add the tied-key cases (``tied_*``), where a backward through
+        a max breaks.
 
     Raises
     ------
     UsageError
         (a ``ValueError``) for an argument that cannot run: an unknown form, layout, case,
         backend or dtype, a bad ``logit_scale`` or ``batch_axes``, or a candidate name that
-        does not resolve. A candidate that raises is a failed case instead.
+        does not resolve, or ``grad`` on a backend without autograd. A candidate that raises is a
+        failed case instead.
 
     Returns
     -------
@@ -123,7 +137,9 @@ def validate(
     """
     spec = candidate if isinstance(candidate, str) else _spec_of(candidate)
     function = load_candidate(candidate) if isinstance(candidate, str) else candidate
-    chosen = check_arguments(form, layout, backend, dtype, logit_scale, batch_axes, cases, with_segments=with_segments)
+    chosen = check_arguments(
+        form, layout, backend, dtype, logit_scale, batch_axes, cases, with_segments=with_segments, grad=grad
+    )
     resolved_device = _resolve_device(chosen, device)
     settings = {
         "candidate": spec,
@@ -138,13 +154,13 @@ def validate(
         "seed": seed,
         "logit_scale": logit_scale,
         "batch_axes": batch_axes,
+        "grad": grad,
     }
     report = Report(settings)
     artifacts = {}
     with jax_x64_for(chosen, dtype):
-        suite = generate_cases(
-            form, with_mask=with_mask, with_state=with_state, with_segments=with_segments, seed=seed, names=cases
-        )
+        flags = {"with_mask": with_mask, "with_state": with_state, "with_segments": with_segments}
+        suite = generate_cases(form, **flags, with_grad=grad, seed=seed, names=cases)
         for case in suite:
             result, arrays = run_case(
                 function,
@@ -158,6 +174,7 @@ def validate(
                 with_state=with_state,
                 logit_scale=logit_scale,
                 batch_axes=batch_axes,
+                grad=grad,
             )
             report.results.append(result)
             artifacts[case.name] = arrays
@@ -199,8 +216,9 @@ def run_case(
     with_state: bool = False,
     logit_scale: float | str | None = None,
     batch_axes: int | None = None,
+    grad: bool = False,
 ) -> tuple[CaseResult, dict[str, np.ndarray]]:
-    """Run one case; returns its row and the arrays to save should it be the worst."""
+    """Run one case; returns its row and the arrays to save should it be the worst (with ``grad``, its gradients)."""
     q, k, v = (backend.asarray(a, dtype=dtype, device=device) for a in (case.q, case.k, case.v))
     mask = None if case.mask is None else backend.asarray(case.mask, dtype="bool", device=device)
     ids = None if case.segment_ids is None else backend.asarray(case.segment_ids, dtype="int32", device=device)
@@ -230,12 +248,16 @@ def run_case(
         result.segments = case.segments
         return result
 
+    def run(q: Any, k: Any, v: Any) -> Any:
+        """The candidate's output (..., T, H, D) on this case, fed as ``batch_axes`` asks."""
+
+        def call(*qkvm: Any) -> Any:
+            return call_candidate(candidate, form, *qkvm, cuts=case.cuts, layout=layout, with_state=with_state)
+
+        return with_batch_axes(call, (q, k, v, mask, ids), batch_axes)
+
     try:
-        y = with_batch_axes(
-            lambda *qkvm: call_candidate(candidate, form, *qkvm, cuts=case.cuts, layout=layout, with_state=with_state),
-            (q, k, v, mask, ids),
-            batch_axes,
-        )
+        y = run(q, k, v)
     except Exception as exc:  # a crash is a failed case, not a failed suite
         note = f"raised {describe_exception(exc, backend.name)}"
         return row(float("inf"), float("inf"), note, traceback="".join(traceback.format_exception(exc))), arrays
@@ -259,7 +281,26 @@ def run_case(
     mismatch = None
     if note or not tolerance.passes(rel_rms, max_abs):
         mismatch = first_mismatch(actual, expected, tolerance.max_abs, segment_ids=case.segment_ids)
-    return row(max_abs, rel_rms, note, first_mismatch=mismatch), arrays
+    result = row(max_abs, rel_rms, note, first_mismatch=mismatch)
+    if grad:
+        ref = _latte_ref_form(form, exact=case.n_tokens <= DEFINITION_MAX_T)
+        weights = readout_weights(case_rng(case.seed, f"{case.name}:w"), case.v.shape)
+        check = compare_gradients(
+            backend,
+            run,
+            lambda q, k, v: ref(q * scale, k * scale, v, mask, ids),
+            seen,
+            weights,
+            dtype=dtype,
+            device=device,
+            logit_size=max(float(np.max(np.abs(a), initial=0.0)) for a in (scaled_q, scaled_k)),
+            baseline=lambda q, k, v: _latte_ref_form(form)(q * scale, k * scale, v, mask, ids),
+            jit_reference=case.n_tokens <= DEFINITION_MAX_T,  # the definition compiles in seconds on JAX
+        )
+        result.add_gradients(check.error, check.bound, check.worst, check.note, check.traceback)
+        arrays.update({f"{n}_expected": g for n, g in zip(("dq", "dk", "dv"), check.expected, strict=False)})
+        arrays.update({f"{n}_actual": g for n, g in zip(("dq", "dk", "dv"), check.actual, strict=False)})
+    return result, arrays
 
 
 def skipped_row(case: ValidationCase, why: str, batch_axes: int | None = None) -> CaseResult:
@@ -285,60 +326,11 @@ def reference(case: ValidationCase, q: np.ndarray, k: np.ndarray, v: np.ndarray,
     return np.asarray(bidirectional(q, k, v, mask=mask, segment_ids=ids))
 
 
-def call_candidate(
-    candidate: Callable[..., Any],
-    form: str,
-    q: Any,
-    k: Any,
-    v: Any,
-    mask: Any,
-    segment_ids: Any = None,
-    *,
-    cuts: tuple[int, ...] = (),
-    layout: str = "BTHD",
-    with_state: bool = False,
-) -> Any:
-    """The candidate's output for the whole sequence, in (..., T, H, D), following the form's contract.
-
-    ``mask`` and ``segment_ids`` (..., T) are passed only when given, cut along T like q, k, v.
-    """
-    xp = backends.backend_of(q).namespace()
-    if form == "step":
-        return _scan_steps(candidate, xp, q, k, v, mask)
-    bounds = [0, *cuts, q.shape[-3]]
-    outputs = []
-    state = None
-    for start, stop in itertools.pairwise(bounds):
-        pieces = [_to_layout(xp, a[..., start:stop, :, :], layout) for a in (q, k, v)]
-        kwargs: dict[str, Any] = {}
-        if mask is not None:
-            kwargs["mask"] = mask[..., start:stop]
-        if segment_ids is not None:
-            kwargs["segment_ids"] = segment_ids[..., start:stop]
-        if with_state and form == "causal":
-            y, state = candidate(*pieces, state=state, return_state=True, **kwargs)
-        else:
-            y = candidate(*pieces, **kwargs)
-        outputs.append(_to_layout(xp, y, layout))
-    return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-3)
-
-
-def _scan_steps(candidate: Callable[..., Any], xp: Any, q: Any, k: Any, v: Any, mask: Any) -> Any:
-    state = None
-    outputs = []
-    for t in range(q.shape[-3]):
-        kwargs = {} if mask is None else {"mask_t": mask[..., t]}
-        y_t, state = candidate(q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state, **kwargs)
-        outputs.append(y_t)
-    return xp.stack(outputs, axis=-3)
-
-
-def _to_layout(xp: Any, x: Any, layout: str) -> Any:
-    """(..., T, H, X) <-> (..., H, T, X): the swap is its own inverse."""
-    return x if layout == "BTHD" else xp.moveaxis(x, -3, -2)
-
-
-def _latte_ref_form(form: str) -> Callable[[Any, Any, Any, Any, Any], Any]:
+def _latte_ref_form(form: str, *, exact: bool = False) -> Callable[[Any, Any, Any, Any, Any], Any]:
+    """latte-ref's fast form for ``form`` as ``f(q, k, v, mask, segment_ids)``; with ``exact``, the definition."""
+    if exact:
+        is_causal = form != "bidirectional"
+        return lambda q, k, v, mask, ids: definition(q, k, v, causal=is_causal, mask=mask, segment_ids=ids)
     if form == "bidirectional":
         return lambda q, k, v, mask, ids: bidirectional(q, k, v, mask=mask, segment_ids=ids)
     return lambda q, k, v, mask, ids: causal(q, k, v, mask=mask, segment_ids=ids)
