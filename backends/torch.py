@@ -52,11 +52,10 @@ class TorchBackend(Backend):
         return bool(torch.compiler.is_compiling())
 
     def cond(self, pred: Any, if_true: Any, if_false: Any, operands: tuple[Any, ...]) -> Any:
-        """``torch.cond`` while ``torch.compile`` traces (one graph, no break), a Python ``if`` eagerly."""
-        import torch
+        """A Python ``if``: eagerly one branch runs; under ``torch.compile`` the graph breaks there.
 
-        if torch.compiler.is_compiling():
-            return torch.cond(pred, if_true, if_false, operands)
+        (``torch.cond`` needs operands that are tensors alone, and these carry states and ``None``.)
+        """
         return if_true(*operands) if bool(pred) else if_false(*operands)
 
     def synchronize(self, x: Any) -> Any:

@@ -14,8 +14,6 @@ import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj, is_lazy_array, is_writeable_array
 from array_api_compat import device as array_device
 
-from ._dispatch import is_traced, stop_gradient
-
 __all__ = [
     "Array",
     "causal_weighted_sum",
@@ -38,7 +36,6 @@ __all__ = [
     "same_device",
     "softmax",
     "take_tokens",
-    "warn_if_values_may_overflow",
     "weighted_sum_where",
 ]
 
@@ -361,6 +358,8 @@ def safe_divide(xp: Any, numerator: Array, denominator: Array) -> Array:
 
 def softmax(xp: Any, x: Array, axis: int) -> Array:
     """Numerically stable softmax; a row of all ``-inf`` gives zeros, not ``nan``."""
+    if math.prod(x.shape) == 0:  # (Dask's max refuses an empty array even along a non-empty axis)
+        return x
     shift = finite_or_zero(xp, xp.max(x, axis=axis, keepdims=True))
     weights = xp.exp(x - shift)
     total = xp.sum(weights, axis=axis, keepdims=True)  # >= 1 (the max's own term), or 0 for a row of -inf
@@ -381,26 +380,3 @@ def mask_output(xp: Any, mask: Array | None, y: Array) -> Array:
     if mask is None:
         return y
     return xp.where(mask[..., None, None], y, xp.zeros_like(y))
-
-
-def warn_if_values_may_overflow(xp: Any, v: Array, *, state_tokens: int) -> None:
-    """A ``RuntimeWarning`` when values are so large that a state's numerator may overflow.
-
-    A state holds sum_s exp(k_s - m) v_s over up to ``state_tokens`` tokens, each weight at
-    most 1, so it is finite whenever max |v| <= finfo.max / state_tokens; beyond that it can
-    reach inf where the output, a convex combination of values, is still finite. Latte is
-    linear in v: scaling v down by a power of two and the output back up is exact. Read only
-    for eager arrays (a lazy or traced array is not read).
-    """
-    if state_tokens <= 1 or math.prod(v.shape) == 0 or is_traced(v):
-        return
-    limit = float(xp.finfo(v.dtype).max) / state_tokens
-    largest = float(xp.max(xp.abs(stop_gradient(v))))
-    if largest > limit:  # nan compares False: a nan value is its own, local, result
-        warnings.warn(
-            f"values as large as {largest:.3g} may overflow the state's sum over {state_tokens} tokens"
-            f" (finite up to max |v| = {limit:.3g} in {v.dtype}); Latte is linear in v: scale v down and the"
-            " output up",
-            RuntimeWarning,
-            stacklevel=4,  # the caller of the form (this, the form, its exact-arithmetic wrapper)
-        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import is_dask_array
@@ -14,12 +15,11 @@ from ._array import (
     mask_keys_and_values,
     output_buffer,
     take_tokens,
-    warn_if_values_may_overflow,
 )
 from ._dispatch import in_exact_arithmetic, sequence_parallel
 from .causal import causal, prefix_max
 from .segments import check_segment_ids, segment_index
-from .state import combine, read_queries, summarise
+from .state import combine, read_queries, summarise, warn_if_values_may_overflow
 
 __all__ = ["BLOCK_TOKENS", "bidirectional"]
 
@@ -101,7 +101,7 @@ def bidirectional(
                 q, k, v, mask=mask, key_mask=key_mask, segment_ids=segment_ids, out_dtype=out_dtype
             )
         return xp.astype(_packed(xp, q, k, v, keys_taking_part(mask, key_mask), mask, starts), out_dtype, copy=False)
-    if n_queries == 0:
+    if math.prod(q.shape[:-1]) == 0:  # no query (T = 0 or an empty batch): nothing to read
         return xp.zeros((*q.shape[:-1], v.shape[-1]), dtype=out_dtype, device=device_of(q))
     if is_dask_array(q) and key_mask is None and n_queries == n_keys:
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).

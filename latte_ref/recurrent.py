@@ -12,11 +12,10 @@ from ._array import (
     mask_output,
     safe_divide,
     softmax,
-    warn_if_values_may_overflow,
 )
 from ._dispatch import in_exact_arithmetic
 from .segments import check_segment_ids
-from .state import LatteState, check_state, empty_state, restart
+from .state import LatteState, check_state, empty_state, restart, warn_if_values_may_overflow
 
 __all__ = ["recurrent", "step"]
 

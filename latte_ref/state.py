@@ -18,6 +18,8 @@ The state is kept in the computation dtype (float32 for 16-bit inputs).
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
@@ -35,6 +37,7 @@ from ._array import (
     same_device,
     softmax,
 )
+from ._dispatch import is_traced, stop_gradient
 
 __all__ = [
     "LatteState",
@@ -47,6 +50,7 @@ __all__ = [
     "restart",
     "segmented_combine",
     "summarise",
+    "warn_if_values_may_overflow",
 ]
 
 
@@ -270,3 +274,26 @@ def check_state(xp: Any, state: LatteState, q: Array, v: Array, dtype: Any, *, t
                 f"{', D' if name == 'numerator' else ''}) for these inputs, got {tuple(a.shape)}"
             )
     return LatteState(*(xp.astype(a, dtype) for a in state))
+
+
+def warn_if_values_may_overflow(xp: Any, v: Array, *, state_tokens: int) -> None:
+    """A ``RuntimeWarning`` when values are so large that a state's numerator may overflow.
+
+    A state holds sum_s exp(k_s - m) v_s over up to ``state_tokens`` tokens, each weight at
+    most 1, so it is finite whenever max |v| <= finfo.max / state_tokens; beyond that it can
+    reach inf where the output, a convex combination of values, is still finite. Latte is
+    linear in v: scaling v down by a power of two and the output back up is exact. Read only
+    for eager arrays (a lazy or traced array is not read).
+    """
+    if state_tokens <= 1 or math.prod(v.shape) == 0 or is_traced(v):
+        return
+    limit = float(xp.finfo(v.dtype).max) / state_tokens
+    largest = float(xp.max(xp.abs(stop_gradient(v))))
+    if largest > limit:  # nan compares False: a nan value is its own, local, result
+        warnings.warn(
+            f"values as large as {largest:.3g} may overflow the state's sum over {state_tokens} tokens"
+            f" (finite up to max |v| = {limit:.3g} in {v.dtype}); Latte is linear in v: scale v down and the"
+            " output up",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of the form (this, the form, its exact-arithmetic wrapper)
+        )

@@ -21,6 +21,7 @@ LAYERS = {
     "bidirectional": 3,
     "causal": 3,
     "recurrent": 3,
+    "_params": 4,
     "_layer": 4,
     "model": 4,
     "explain": 4,

@@ -15,11 +15,10 @@ from .._array import (
     mask_keys_and_values,
     mask_output,
     output_buffer,
-    warn_if_values_may_overflow,
 )
 from .._dispatch import in_exact_arithmetic, is_traced, sequence_parallel
 from ..segments import check_segment_ids
-from ..state import LatteState, check_state, empty_state
+from ..state import LatteState, check_state, empty_state, warn_if_values_may_overflow
 from .block import causal_block
 from .sizes import DEFAULT_CHUNK_SIZE, _blocks
 
