@@ -157,6 +157,26 @@ def combine(earlier: LatteState, later: LatteState) -> LatteState:
     )
 
 
+def with_constant_frame(xp: Any, state: LatteState) -> LatteState:
+    """The same state with its running max a constant for autodiff; its gradient moves into a and S.
+
+    (m, a, S) stands for (a e^m, S e^m), so a form may pick any frame, and the chunked forms
+    hold theirs constant (no gradient flows through a max they choose). A state that arrives
+    from differentiable code (:func:`summarise`, :func:`combine`, another device) has an m
+    that does carry a gradient: rewritten as (sg(m), a e^(m - sg(m)), S e^(m - sg(m))) it is
+    the same numbers (the factor is exactly 1) and hands m's gradient to a and S, where the
+    frames of the chunked forms keep it.
+    """
+    frame = stop_gradient(state.running_max)
+    if frame is state.running_max:  # an array without autograd
+        return state
+    finite = xp.isfinite(frame)
+    # where, twice: -inf - -inf is nan, and a nan in the unused branch would reach the gradient.
+    exponent = xp.where(finite, state.running_max - xp.where(finite, frame, xp.zeros_like(frame)), 0.0)
+    factor = xp.where(finite, xp.exp(exponent), 1.0)  # [..., H, L], 1 in value
+    return LatteState(frame, state.normaliser * factor, state.numerator * factor[..., None])
+
+
 def restart(xp: Any, state: LatteState, starts: Array) -> LatteState:
     """The state with its history dropped (m = -inf, a = 0, S = 0) where ``starts`` (...) is True.
 

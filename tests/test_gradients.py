@@ -263,6 +263,31 @@ def test_gradients_flow_through_a_carried_state_whose_running_max_equals_later_k
     _assert_same_grads(framework, streamed, _recurrent(), _qkv((2,), n_tokens, keys))
 
 
+@pytest.mark.parametrize(("framework", "chunk_size"), RUNS)
+@pytest.mark.parametrize("rise", [0.0, 400.0], ids=["flat", "beyond-the-bound"])
+def test_gradients_flow_through_a_state_made_by_differentiable_code(framework, chunk_size, rise):
+    """A state from ``recurrent`` and ``combine`` carries its running max's gradient; the causal form keeps it.
+
+    (The sharded forms build their states this way.) With ``rise``, keys in the tail lie hundreds
+    above their chunk's reference, and the tail's chunks take the per-token form.
+    """
+    n_tokens = LENGTH[framework]
+    keys = _grid_keys((2,), n_tokens)
+    keys[..., 9::7, :, :] += rise
+
+    def streamed(q, k, v, to):
+        def part(start, stop):
+            return (a[..., start:stop, :, :] for a in (q, k, v))
+
+        y_head, head = latte_ref.recurrent(*part(0, 6), return_state=True)
+        y_middle, middle = latte_ref.recurrent(*part(6, 8), return_state=True)
+        y_middle = latte_ref.recurrent(*part(6, 8), state=head)  # middle alone has no history
+        y_tail = latte_ref.causal(*part(8, None), chunk_size=chunk_size, state=latte_ref.combine(head, middle))
+        return _concat(_concat(y_head, y_middle), y_tail)
+
+    _assert_same_grads(framework, streamed, _recurrent(), _qkv((2,), n_tokens, keys))
+
+
 def _concat(head: Any, tail: Any) -> Any:
     """head and tail joined along T (axis -3), in their framework."""
     from array_api_compat import array_namespace

@@ -18,7 +18,7 @@ from .._array import (
     weighted_sum_where,
 )
 from .._dispatch import stop_gradient
-from ..state import LatteState
+from ..state import LatteState, with_constant_frame
 from .maxima import prefix_max
 from .pieces import Pieces, _where_continued
 
@@ -45,6 +45,7 @@ def causal_chunk(
     batched (1 x L) @ (L x C) matrix product.
     """
     n = k.shape[-3]
+    state = with_constant_frame(xp, state)  # its running max is a frame here, like the chunk's own
     p_latent_given_query = xp.moveaxis(softmax(xp, q, axis=-1), -3, -2)  # [..., H, C, L]
     k_hls = xp.moveaxis(k, -3, -1)  # [..., H, L, C(s)]
     # The running maxima are frames: they cancel out of every output, so no gradient flows through them.

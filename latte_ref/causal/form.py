@@ -18,7 +18,7 @@ from .._array import (
 )
 from .._dispatch import in_exact_arithmetic, is_traced, sequence_parallel
 from ..segments import check_segment_ids
-from ..state import LatteState, check_state, empty_state, warn_if_values_may_overflow
+from ..state import LatteState, check_state, empty_state, warn_if_values_may_overflow, with_constant_frame
 from .block import causal_block
 from .sizes import DEFAULT_CHUNK_SIZE, _blocks
 
@@ -116,8 +116,8 @@ def causal(
             return_state=return_state,
             out_dtype=out_dtype,
         )
-    if state is None:
-        state = empty_state(xp, q, v, dtype)
+    # The chunks hold their running maxima constant for autodiff: so must the state they start from.
+    state = empty_state(xp, q, v, dtype) if state is None else with_constant_frame(xp, state)
     warn_if_values_may_overflow(xp, v, state_tokens=q.shape[-3])
     if mask is not None:
         k, v = mask_keys_and_values(xp, mask, k, v)
