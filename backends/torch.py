@@ -52,10 +52,34 @@ class TorchBackend(Backend):
         return bool(torch.compiler.is_compiling())
 
     def cond(self, pred: Any, if_true: Any, if_false: Any, operands: tuple[Any, ...]) -> Any:
-        """A Python ``if``: eagerly one branch runs; under ``torch.compile`` the graph breaks there.
+        """``torch.cond`` while ``torch.compile`` traces (one graph, no break), a Python ``if`` eagerly.
 
-        (``torch.cond`` needs operands that are tensors alone, and these carry states and ``None``.)
+        ``torch.cond`` takes tensors only: NamedTuples among the operands (a ``LatteState``) are
+        flattened here and rebuilt inside the branches. Its branches may not return one of their
+        operands or a view of one (an alias), nor a NamedTuple: the forms' branches return new
+        arrays, a tensor or a tuple of them, which are made contiguous (torch.cond needs the
+        strides of both branches' outputs in the same order).
         """
+        import torch
+        from torch.utils import _pytree
+
+        if torch.compiler.is_compiling():
+            leaves, spec = _pytree.tree_flatten(operands)
+
+            def rebuilt(branch: Any) -> Any:
+                # Contiguous outputs: torch.cond needs both branches' strides in the same order.
+                def flat_branch(*flat: Any) -> Any:
+                    # Through a flat view, so that the gradient of each operand is contiguous too (the
+                    # backward of a reshape makes it so), in both branches of the backward cond.
+                    dense = [t.reshape(-1).reshape(t.shape) for t in flat]
+                    out = branch(*_pytree.tree_unflatten(dense, spec))
+                    return _pytree.tree_map(lambda t: t.contiguous(), out)
+
+                return flat_branch
+
+            # Contiguous operands: inductor compiles the branches for the strides it sees, and a slice
+            # (the states before the chunks) may reach them with others.
+            return torch.cond(pred, rebuilt(if_true), rebuilt(if_false), tuple(t.contiguous() for t in leaves))
         return if_true(*operands) if bool(pred) else if_false(*operands)
 
     def synchronize(self, x: Any) -> Any:

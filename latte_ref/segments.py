@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import is_array_api_obj, is_dask_array
+from array_api_compat import is_array_api_obj, is_dask_array, is_torch_array
 
 from ._array import Array, device_of, namespace_of, resolve_namespace, same_device
+from ._dispatch import is_traced
 
 __all__ = ["check_segment_ids", "segment_ids_from_cu_seqlens", "segment_index", "segment_starts"]
 
@@ -69,8 +70,8 @@ def segment_ids_from_cu_seqlens(cu_seqlens: Any, *, xp: Any = None) -> Array:
 def check_segment_ids(xp: Any, segment_ids: Array, expected_shape: tuple[int, ...], *, like: Array) -> Array:
     """Check ``segment_ids`` against the axes (..., T) of q and return :func:`segment_starts`.
 
-    Decreasing ids are a ``ValueError`` where the values can be read. Dask arrays
-    and traced JAX arrays are not read (that would compute, or cannot be done):
+    Decreasing ids are a ``ValueError`` where the values can be read. Dask arrays,
+    traced JAX arrays and tensors under ``torch.compile`` are not read (that would compute, or cannot be done):
     there every run of equal ids is taken as one segment, so ids that decrease act
     as if they were numbered in order.
     """
@@ -93,6 +94,8 @@ def _decreasing(xp: Any, segment_ids: Array) -> bool:
     """Whether the ids decrease somewhere along T; False where the values cannot be read cheaply."""
     if is_dask_array(segment_ids) or segment_ids.shape[-1] < 2:
         return False  # reading would compute the graph; or there is no pair of tokens
+    if is_torch_array(segment_ids) and is_traced(segment_ids):
+        return False  # under torch.compile reading a value would break the graph
     try:
         return bool(xp.any(segment_ids[..., 1:] < segment_ids[..., :-1]))
     except TypeError:  # a traced JAX array has no value to read (ConcretizationTypeError is a TypeError)

@@ -115,7 +115,10 @@ def init_state(
     if dtype is None:
         dtype = xpx.default_dtype(xp, device=device)
     dtype = check_dtype_request(xp, dtype, device)
-    shape = (*batch_shape, n_heads, n_latents)
+    return _empty(xp, (*batch_shape, n_heads, n_latents), head_dim, dtype, device)
+
+
+def _empty(xp: Any, shape: tuple[int, ...], head_dim: int, dtype: Any, device: Any) -> LatteState:
     return LatteState(
         running_max=xp.full(shape, -xp.inf, dtype=dtype, device=device),
         normaliser=xp.zeros(shape, dtype=dtype, device=device),
@@ -130,7 +133,8 @@ def empty_state(xp: Any, q: Array, v: Array, dtype: Any, *, time_axis: bool = Tr
     batch axes of q (all axes before T, or before H when ``time_axis`` is False).
     """
     batch = q.shape[:-3] if time_axis else q.shape[:-2]
-    return init_state(tuple(batch), q.shape[-2], q.shape[-1], v.shape[-1], xp=xp, dtype=dtype, device=device_of(q))
+    # The dtype is the forms' computation dtype, already that of arrays: no probe of the request (init_state's).
+    return _empty(xp, (*batch, q.shape[-2], q.shape[-1]), v.shape[-1], dtype, device_of(q))
 
 
 def combine(earlier: LatteState, later: LatteState) -> LatteState:

@@ -75,7 +75,8 @@ def _local_summaries(
     """
     if pieces is not None:
         weights = weights * xp.astype(pieces.in_last, weights.dtype)[..., None, None]
-    to_end = xp.exp(xp.minimum(last_reference - finite_or_zero(xp, running_max), 0.0))  # [..., N, H, L]
+    rise = last_reference - finite_or_zero(xp, running_max)  # [..., N, H, L], <= 0 but for rounding
+    to_end = xp.exp(xp.minimum(rise, xp.zeros_like(rise)))  # an array, not 0.0: no scalar promotion to trace
     w_hlc = xp.moveaxis(weights, -3, -1)  # [..., N, H, L, C]
     v_hcd = xp.moveaxis(v, -3, -2)  # [..., N, H, C, D]
     return LatteState(running_max, to_end * xp.sum(weights, axis=-3), to_end[..., None] * (w_hlc @ v_hcd))

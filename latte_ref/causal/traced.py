@@ -55,19 +55,22 @@ def causal_block_traced(
     # Chunks with an offending token, and those whose summary overflowed, are summarised again.
     again = xp.any(token_out, axis=(-2, -1)) | ~xp.isfinite(xp.sum(local.numerator, axis=(-3, -2, -1)))  # [..., N]
 
-    def resummarised(local: LatteState, again: Array, k_last: Array, v_last: Array) -> LatteState:
-        exact = summaries(xp, k_last, v_last, local.running_max)
-        chosen = again[..., None, None]  # [..., N, 1, 1]
-        return LatteState(
-            local.running_max,
-            xp.where(chosen, exact.normaliser, local.normaliser),
-            xp.where(chosen[..., None], exact.numerator, local.numerator),
-        )
+    def resummarised(k_last: Array, v_last: Array, running_max: Array) -> tuple[Array, Array]:
+        exact = summaries(xp, k_last, v_last, running_max)
+        return exact.normaliser, exact.numerator
 
-    def as_is(local: LatteState, again: Array, k_last: Array, v_last: Array) -> LatteState:
-        return local
+    def not_needed(k_last: Array, v_last: Array, running_max: Array) -> tuple[Array, Array]:
+        return xp.zeros_like(local.normaliser), xp.zeros_like(local.numerator)
 
-    local = cond(xp.any(again), resummarised, as_is, local, again, k_last, v_last)
+    # Each branch returns new arrays (none of its operands: torch.cond forbids aliases), zeros where
+    # not needed; the `where` after it keeps the factored summaries of the chunks not chosen.
+    normaliser, numerator = cond(xp.any(again), resummarised, not_needed, k_last, v_last, local.running_max)
+    chosen = again[..., None, None]  # [..., N, 1, 1]
+    local = LatteState(
+        local.running_max,
+        xp.where(chosen, normaliser, local.normaliser),
+        xp.where(chosen[..., None], numerator, local.numerator),
+    )
     before, after = carry(xp, state, max_before, decay, local, pieces, traced=True)
 
     # c_n = exp(M_{n-1} - R_n) rescales the history for the first piece; 0 where the chunk begins a segment.
@@ -75,13 +78,13 @@ def causal_block_traced(
     carried = xp.exp(history_max - reference[..., 0, :, :])  # [..., N, H, L]
     y = _factored(xp, q, weights, v_in, before, carried, pieces, any_empty=True, guard=pieces is not None)
 
-    def per_token_from_first_out(y: Array, q: Array, k: Array, v: Array, before: LatteState) -> Array:
-        exact, _ = causal_chunk(xp, q, k, v, before, pieces=pieces)
-        from_first_out = xp.cumulative_sum(xp.astype(token_out, xp.int32), axis=-2) > 0  # [..., N, C, H]
-        return xp.where(from_first_out[..., None], exact, y)
+    def per_token(q: Array, k: Array, v: Array, *before: Array) -> Array:
+        exact, _ = causal_chunk(xp, q, k, v, LatteState(*before), pieces=pieces)
+        return exact
 
-    def factored(y: Array, q: Array, k: Array, v: Array, before: LatteState) -> Array:
-        return y
+    def factored(q: Array, k: Array, v: Array, *before: Array) -> Array:
+        return xp.zeros_like(y)
 
-    y = cond(xp.any(token_out), per_token_from_first_out, factored, y, q, k, v, before)
-    return y, after
+    exact = cond(xp.any(token_out), per_token, factored, q, k, v, *before)
+    from_first_out = xp.cumulative_sum(xp.astype(token_out, xp.int32), axis=-2) > 0  # [..., N, C, H]
+    return xp.where(from_first_out[..., None], exact, y), after
