@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._layer import LatteParams, apply_layer
+from .._layer import LatteParams, apply_layer, register_jax_pytree
 from ..state import LatteState
 
 __all__ = ["LatteAttention"]
@@ -69,6 +69,9 @@ class LatteAttention(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
+        # to_params() makes a LatteParams, which registers it with JAX once JAX is imported; done here,
+        # not inside a torch.compile'd forward, where it would break the graph.
+        register_jax_pytree()
         for name, size in (("n_latents", n_latents), ("d_model", d_model)):
             if not isinstance(n_heads, int) or n_heads <= 0 or not isinstance(size, int) or size <= 0:
                 raise ValueError(
