@@ -39,6 +39,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "Unavailable",
+    "adapters_by_module",
     "available_backends",
     "backend_of",
     "get_backend",
@@ -64,6 +65,11 @@ def get_backend(name: str) -> Backend:
         return BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def adapters_by_module() -> dict[str, Backend]:
+    """Every backend by the top-level module of its array types (``type(x).__module__``), e.g. ``"torch"``."""
+    return {module: b for b in BACKENDS.values() for module in b.array_modules}
 
 
 def available_backends() -> dict[str, Backend]:

@@ -34,6 +34,11 @@ class Backend:
     name: str = ""
     module: str = ""
 
+    @property
+    def array_modules(self) -> tuple[str, ...]:
+        """The top-level modules that this backend's array types are defined in (``type(x).__module__``)."""
+        return (self.module.split(".")[0],)
+
     # -- availability -----------------------------------------------------------------
     @cache  # noqa: B019 - backends are module-level singletons
     def unavailable_reason(self) -> str | None:
@@ -112,7 +117,7 @@ class Backend:
 
     def owns(self, x: Any) -> bool:
         """Whether ``x`` is an array of this backend (without importing the framework)."""
-        return type(x).__module__.split(".")[0] == self.module.split(".")[0]
+        return type(x).__module__.split(".")[0] in self.array_modules
 
     def __repr__(self) -> str:
         return f"<latte_ref backend {self.name!r}>"

@@ -89,5 +89,6 @@ class JaxBackend(Backend):
     def synchronize(self, x: Any) -> Any:
         return x.block_until_ready()
 
-    def owns(self, x: Any) -> bool:
-        return type(x).__module__.split(".")[0] in ("jax", "jaxlib")
+    @property
+    def array_modules(self) -> tuple[str, ...]:
+        return ("jax", "jaxlib")

@@ -32,7 +32,7 @@ from . import parallel  # noqa: F401  isort: skip
 from ._dispatch import register_adapters  # isort: skip
 
 # The forms reach a framework's stop-gradient and autocast switch through its adapter (see _dispatch).
-register_adapters(importlib.import_module("latte_ref.backends").backend_of)
+register_adapters(importlib.import_module("latte_ref.backends").adapters_by_module())
 
 if TYPE_CHECKING:
     # The adapters are installed as latte_ref.backends from the top-level backends/ folder (pyproject's

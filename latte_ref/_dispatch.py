@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -43,8 +43,10 @@ __all__ = [
 ]
 
 _REGISTERED: dict[str, ModuleType] = {}
-_ADAPTER_OF: list[Callable[[Any], Any]] = []  # backend_of, once latte_ref.backends is registered
-_ADAPTER_BY_TYPE: dict[type, Any] = {}
+# The adapter of each framework by the top-level module of its array types ("torch", "jax", ...), filled
+# once when latte_ref.backends is registered and never changed after: a compiler that traces a lookup
+# guards on this dict, and a cache filled as arrays arrive would fail those guards and recompile.
+_ADAPTER_BY_MODULE: dict[str, Any] = {}
 
 
 def register_sequence_parallel(name: str, module: ModuleType) -> None:
@@ -68,27 +70,16 @@ def sequence_parallel(name: str) -> ModuleType:
         raise RuntimeError(f"no sequence-parallel algorithm for {name!r} inputs; import latte_ref.parallel") from None
 
 
-def register_adapters(backend_of: Callable[[Any], Any]) -> None:
-    """Let the forms find the adapter of an array: ``backend_of(x)`` returns a ``latte_ref.backends.Backend``."""
-    _ADAPTER_OF[:] = [backend_of]
-    _ADAPTER_BY_TYPE.clear()
+def register_adapters(by_module: Mapping[str, Any]) -> None:
+    """Let the forms find the adapter of an array: a ``latte_ref.backends.Backend`` by the top-level module
+    that the array's type is defined in (``type(x).__module__``, e.g. ``"torch"``)."""
+    _ADAPTER_BY_MODULE.clear()
+    _ADAPTER_BY_MODULE.update(by_module)
 
 
 def _adapter(x: Any) -> Any:
-    """The adapter of ``x``'s framework, cached by type; ``None`` for a type no adapter knows."""
-    kind = type(x)
-    try:
-        return _ADAPTER_BY_TYPE[kind]
-    except KeyError:
-        pass
-    adapter = None
-    if _ADAPTER_OF:
-        try:
-            adapter = _ADAPTER_OF[0](x)
-        except TypeError:
-            adapter = None
-    _ADAPTER_BY_TYPE[kind] = adapter
-    return adapter
+    """The adapter of ``x``'s framework; ``None`` for a type no adapter knows."""
+    return _ADAPTER_BY_MODULE.get(type(x).__module__.partition(".")[0])
 
 
 def stop_gradient(x: Any) -> Any:

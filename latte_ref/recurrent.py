@@ -13,7 +13,7 @@ from ._array import (
     safe_divide,
     softmax,
 )
-from ._dispatch import in_exact_arithmetic
+from ._dispatch import in_exact_arithmetic, is_traced
 from .segments import check_segment_ids
 from .state import LatteState, check_state, empty_state, restart, warn_if_values_may_overflow
 
@@ -106,7 +106,8 @@ def _checked_step_inputs(
     verdict is cached by that signature and a decode loop pays for them once.
     """
     fields = (None, None, None) if not isinstance(state, LatteState) else tuple(state)
-    signature = _signature(q_t, k_t, v_t, mask_t, *fields)
+    # Not under a compiler: a cache it reads while tracing is one it guards on, and filling it would recompile.
+    signature = None if is_traced(q_t) else _signature(q_t, k_t, v_t, mask_t, *fields)
     known = None if signature is None else _CHECKED_STEPS.get((state is None, signature))
     if known is not None:
         xp, out_dtype, dtype = known
