@@ -27,6 +27,7 @@ LAYERS = {
     "explain": 4,
     "parallel": 5,
     "layers": 5,
+    "integrations": 5,
     "backends": 6,
     "testing": 6,
     "commands": 7,

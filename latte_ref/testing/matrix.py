@@ -84,6 +84,8 @@ def missing_framework(code: str) -> str | None:
     for module in _imported_modules(code):
         if module in ("flax", "optax") and importlib.util.find_spec(module) is None:  # the flax extra, no backend
             return f"{module} is not installed (pip install -e '.[flax]')"
+        if module == "transformers" and importlib.util.find_spec(module) is None:  # an integration, no backend
+            return "transformers is not installed (pip install transformers)"
         name = FRAMEWORKS.get(module)
         if name is not None:
             reason = backends.get_backend(name).unavailable_reason()
