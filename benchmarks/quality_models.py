@@ -1,10 +1,11 @@
-"""The three attentions that ``benchmarks/quality.py`` compares, and the Transformer they sit in.
+"""The models that ``benchmarks/quality.py`` compares: one small Transformer, one attention (mixer) each.
 
-The models are identical except for the attention module: the same token embedding,
-the same sinusoidal positions (no parameters, the same for every attention), the same
-pre-norm blocks (attention, then a two-layer MLP) and the same tied-free LM head.
-Every attention weight is drawn as :class:`latte_ref.layers.torch.LatteAttention`
-draws its own: normal, standard deviation ``1 / sqrt(d_model)``.
+The models are identical except for the attention module: the same token embedding, the
+same sinusoidal positions (no parameters, the same for every attention), the same pre-norm
+blocks (optionally a short causal convolution, then the attention, then a two-layer MLP) and
+the same LM head. The attentions other than Latte's are in ``benchmarks/quality_mixers.py``.
+Every attention weight is drawn as :class:`latte_ref.layers.torch.LatteAttention` draws its
+own: normal, standard deviation ``1 / sqrt(d_model)``.
 """
 
 from __future__ import annotations
@@ -12,108 +13,96 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+from quality_mixers import (
+    DecayedLinearAttention,
+    LatteWindowHybrid,
+    LinearAttention,
+    SlotAttention,
+    SoftmaxAttention,
+    WindowAttention,
+)
 from torch import nn
 
 from latte_ref.layers.torch import LatteAttention
 
-__all__ = ["ATTENTIONS", "LinearAttention", "SoftmaxAttention", "TinyTransformer", "count_parameters"]
+__all__ = [
+    "ATTENTIONS",
+    "DEFAULT_SIZES",
+    "LinearAttention",
+    "SoftmaxAttention",
+    "TinyTransformer",
+    "count_parameters",
+    "make_attention",
+    "state_per_layer",
+]
 
-ATTENTIONS = ("softmax", "latte", "linear")
-
-
-def _projection(d_model: int, d_out: int) -> nn.Parameter:
-    """A (d_model, d_out) weight, normal with standard deviation 1 / sqrt(d_model), as Latte's layer."""
-    return nn.Parameter(torch.randn(d_model, d_out) / math.sqrt(d_model))
-
-
-def _split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(B, T, H*D) -> (B, H, T, D)."""
-    b, t, width = x.shape
-    return x.reshape(b, t, n_heads, width // n_heads).transpose(1, 2)
-
-
-def _merge_heads(y: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, D) -> (B, T, H*D)."""
-    b, h, t, d = y.shape
-    return y.transpose(1, 2).reshape(b, t, h * d)
-
-
-class SoftmaxAttention(nn.Module):
-    """Standard causal multi-head attention: ``softmax(q k^T / sqrt(D))`` with ``scaled_dot_product_attention``.
-
-    Parameters
-    ----------
-    d_model : int
-    n_heads : int
-        d_model / n_heads = D per head. Weights wq, wk, wv, wo: (d_model, d_model) each.
-    """
-
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.wq, self.wk, self.wv, self.wo = (_projection(d_model, d_model) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, d_model) -> (B, T, d_model); token t sees tokens 0..t."""
-        q, k, v = (_split_heads(x @ w, self.n_heads) for w in (self.wq, self.wk, self.wv))  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return _merge_heads(y) @ self.wo
+ATTENTIONS = ("softmax", "latte", "linear", "taylor", "window", "hybrid", "retnet", "abc")
+# What ``size`` means per attention: Latte's latents L over all heads; the feature size F per head
+# of linear (elu + 1) and taylor; the window w of window and of hybrid (whose latents are n_latents);
+# ABC's slots over all heads. None: no size (softmax, retnet) or the default (latte: n_latents, linear: D).
+DEFAULT_SIZES: dict[str, int | None] = {
+    "softmax": None,
+    "latte": None,
+    "linear": None,
+    "taylor": 8,
+    "window": 32,
+    "hybrid": 16,
+    "retnet": None,
+    "abc": 64,
+}
 
 
-class LinearAttention(nn.Module):
-    r"""Plain causal linear attention (Katharopoulos et al., 2020) with the feature map ``elu(x) + 1``.
-
-    .. math::
-
-        y_t = \frac{\phi(q_t)^\top \sum_{s \le t} \phi(k_s) v_s^\top}{\phi(q_t)^\top \sum_{s \le t} \phi(k_s)}
-
-    computed chunk by chunk: inside a chunk the masked (C, C) products, across chunks the
-    running state :math:`S = \sum_s \phi(k_s) v_s^\top` (D x D per head) and normaliser
-    :math:`z = \sum_s \phi(k_s)` (D per head). Weights as :class:`SoftmaxAttention`.
-
-    Parameters
-    ----------
-    d_model : int
-    n_heads : int
-    chunk : int
-        Tokens per chunk (the last one may be shorter).
-    """
-
-    def __init__(self, d_model: int, n_heads: int, chunk: int = 64) -> None:
-        super().__init__()
-        self.n_heads, self.chunk = n_heads, chunk
-        self.wq, self.wk, self.wv, self.wo = (_projection(d_model, d_model) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, d_model) -> (B, T, d_model); token t sees tokens 0..t."""
-        q, k, v = (_split_heads(x @ w, self.n_heads) for w in (self.wq, self.wk, self.wv))  # (B, H, T, D)
-        phi_q, phi_k = F.elu(q) + 1.0, F.elu(k) + 1.0
-        b, h, _, d = v.shape
-        state = v.new_zeros(b, h, d, d)  # sum of phi(k_s) v_s^T over the chunks before
-        normaliser = v.new_zeros(b, h, 1, d)  # sum of phi(k_s) over the chunks before
-        outputs = []
-        for start in range(0, x.shape[1], self.chunk):
-            fq, fk, vc = (a[:, :, start : start + self.chunk] for a in (phi_q, phi_k, v))  # (B, H, C, D)
-            seen = torch.ones(fq.shape[2], fq.shape[2], dtype=torch.bool, device=x.device).tril()
-            scores = (fq @ fk.transpose(-1, -2)).masked_fill(~seen, 0.0)  # (B, H, C, C)
-            numerator = fq @ state + scores @ vc  # (B, H, C, D)
-            denominator = (fq * normaliser).sum(-1, keepdim=True) + scores.sum(-1, keepdim=True)  # (B, H, C, 1)
-            outputs.append(numerator / denominator)
-            state = state + fk.transpose(-1, -2) @ vc
-            normaliser = normaliser + fk.sum(2, keepdim=True)
-        return _merge_heads(torch.cat(outputs, dim=2)) @ self.wo
-
-
-def make_attention(kind: str, d_model: int, n_heads: int, n_latents: int) -> nn.Module:
-    """The attention module named ``kind`` (one of :data:`ATTENTIONS`); ``n_latents`` is Latte's only."""
+def make_attention(kind: str, d_model: int, n_heads: int, n_latents: int, size: int | None = None) -> nn.Module:
+    """The attention named ``kind`` (one of :data:`ATTENTIONS`) at ``size`` (see :data:`DEFAULT_SIZES`)."""
+    if kind not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
+    size = DEFAULT_SIZES[kind] if size is None else size
     if kind == "softmax":
         return SoftmaxAttention(d_model, n_heads)
-    if kind == "linear":
-        return LinearAttention(d_model, n_heads)
     if kind == "latte":
-        return LatteAttention(d_model, n_latents, n_heads, causal=True)
-    raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
+        return LatteAttention(d_model, size or n_latents, n_heads, causal=True)
+    if kind in ("linear", "taylor"):
+        return LinearAttention(d_model, n_heads, feature_size=size, feature_map="elu" if kind == "linear" else "taylor")
+    if kind == "retnet":
+        return DecayedLinearAttention(d_model, n_heads)
+    if kind == "abc":
+        return SlotAttention(d_model, n_heads, size or n_latents)
+    assert size is not None
+    return (
+        WindowAttention(d_model, n_heads, size)
+        if kind == "window"
+        else LatteWindowHybrid(d_model, n_heads, n_latents, size)
+    )
+
+
+def state_per_layer(
+    kind: str, d_model: int, n_heads: int, n_latents: int, size: int | None, length: int, conv: bool = False
+) -> int:
+    """Numbers a decoder carries per layer after ``length`` tokens, d = d_model, H heads, D = d / H.
+
+    softmax ``2 T d`` (every key and value); window ``2 min(w, T) d``; latte ``L (D + 1)``
+    (a running average of D values and its normaliser per latent); linear ``H F (D + 1)``
+    (``S`` and ``z``); taylor ``H (1 + F + F^2)(D + 1)``; retnet ``H D^2``; abc ``m (2 D + 1)``
+    (keys, values, normaliser per slot); hybrid ``2 min(w, T) d + L (D + 1)``; plus ``2 d`` with
+    the convolution (its last two inputs).
+    """
+    size = DEFAULT_SIZES[kind] if size is None else size
+    d, h = d_model, n_heads
+    head = d // h
+    window = min(size or length, length)
+    states = {
+        "softmax": lambda: 2 * length * d,
+        "window": lambda: 2 * window * d,
+        "latte": lambda: (size or n_latents) * (head + 1),
+        "linear": lambda: h * (size or head) * (head + 1),
+        "taylor": lambda: h * (1 + (size or head) + (size or head) ** 2) * (head + 1),
+        "retnet": lambda: h * head * head,
+        "abc": lambda: (size or n_latents) * (2 * head + 1),
+        "hybrid": lambda: 2 * window * d + n_latents * (head + 1),
+    }
+    if kind not in states:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
+    return states[kind]() + (2 * d if conv else 0)
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -126,17 +115,29 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return table
 
 
-class Block(nn.Module):
-    """Pre-norm block: ``x + attention(norm(x))``, then ``x + mlp(norm(x))`` with a 4x GELU MLP."""
+class ShortConvolution(nn.Module):
+    """Depthwise causal convolution over time, kernel 3: ``y_t = sum_{j<3} w_j * x_{t-j} + b`` per channel."""
 
-    def __init__(self, attention: nn.Module, d_model: int) -> None:
+    def __init__(self, d_model: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(d_model, d_model, kernel, groups=d_model, padding=kernel - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+
+
+class Block(nn.Module):
+    """Pre-norm block: ``x + attention(conv(norm(x)))`` (conv optional), then ``x + mlp(norm(x))``, 4x GELU MLP."""
+
+    def __init__(self, attention: nn.Module, d_model: int, conv: bool = False) -> None:
         super().__init__()
         self.norm_attention, self.norm_mlp = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.conv = ShortConvolution(d_model) if conv else nn.Identity()
         self.attention = attention
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm_attention(x))
+        x = x + self.attention(self.conv(self.norm_attention(x)))
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -145,20 +146,32 @@ class TinyTransformer(nn.Module):
 
     Parameters
     ----------
-    attention : {"softmax", "latte", "linear"}
+    attention : one of :data:`ATTENTIONS`
     vocab_size, d_model, n_layers, n_heads : int
     n_latents : int
-        Latte's latents over all heads (unused by the other attentions).
+        Latte's latents over all heads (and the hybrid's); unused by the others.
+    size : int, optional
+        The attention's size (see :data:`DEFAULT_SIZES`).
+    conv : bool
+        A short causal convolution (kernel 3) in front of every attention.
     """
 
     def __init__(
-        self, attention: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_latents: int
+        self,
+        attention: str,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        n_latents: int,
+        size: int | None = None,
+        conv: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
-            Block(make_attention(attention, d_model, n_heads, n_latents), d_model) for _ in range(n_layers)
+            Block(make_attention(attention, d_model, n_heads, n_latents, size), d_model, conv) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)

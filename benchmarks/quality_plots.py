@@ -1,4 +1,7 @@
-"""PNG plots of ``benchmarks/quality.py``'s records (needs matplotlib: ``pip install 'latte-ref[plot]'``)."""
+"""PNG plots of ``benchmarks/quality.py``'s records (needs matplotlib: ``pip install 'latte-ref[plot]'``).
+
+Every plot of an outcome shows each seed as a point next to the mean, since outcomes are often bimodal.
+"""
 
 from __future__ import annotations
 
@@ -14,135 +17,128 @@ from matplotlib.ticker import ScalarFormatter
 
 __all__ = ["plot_all"]
 
-STYLE = {"softmax": ("tab:blue", "o"), "latte": ("tab:red", "s"), "linear": ("tab:green", "^")}
+COLOURS = {
+    "softmax": "tab:blue",
+    "latte": "tab:red",
+    "linear": "tab:green",
+    "taylor": "tab:olive",
+    "window": "tab:purple",
+    "hybrid": "tab:orange",
+    "retnet": "tab:brown",
+    "abc": "tab:pink",
+}
 
 
-def _main(records: list[dict[str, Any]], task: str, metric: str) -> list[dict[str, Any]]:
-    return [r for r in records if r["phase"] == "main" and r["task"] == task and r["metric"] == metric]
+def _name(r: dict[str, Any]) -> str:
+    return r["model"] + ("+conv" if r.get("conv") else "")
 
 
-def _mean_std(records: list[dict[str, Any]], x: str, model: str) -> tuple[list[float], list[float], list[float]]:
-    """Per value of ``x``: the mean and standard deviation over seeds of ``value``."""
-    xs = sorted({r[x] for r in records if r["model"] == model})
-    means, stds = [], []
-    for value in xs:
-        ys = [r["value"] for r in records if r["model"] == model and r[x] == value]
-        means.append(float(np.mean(ys)))
-        stds.append(float(np.std(ys, ddof=1)) if len(ys) > 1 else 0.0)
-    return xs, means, stds
+def _style(name: str) -> dict[str, Any]:
+    return {"color": COLOURS[name.split("+")[0]], "linestyle": "--" if name.endswith("+conv") else "-"}
 
 
-def learning_curves(records: list[dict[str, Any]], task: str, setting: dict[str, Any], path: Path) -> Path:
-    """Validation loss against steps, one line per seed, one colour per model."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in _main(records, task, "held_out_nats_per_char" if task == "char" else "accuracy"):
-        if any(r.get(k) != v for k, v in setting.items()):
+def _main(records: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["phase"] == "main" and r["task"] == task]
+
+
+def _means_and_points(ax: Any, rows: list[dict[str, Any]], x: str, name: str) -> None:
+    """The mean over seeds as a line, every seed as a faint point."""
+    xs = sorted({r[x] for r in rows})
+    means = [float(np.mean([r["value"] for r in rows if r[x] == v])) for v in xs]
+    ax.plot(xs, means, marker="o", label=name, **_style(name))
+    ax.scatter([r[x] for r in rows], [r["value"] for r in rows], color=_style(name)["color"], alpha=0.35, s=12)
+
+
+def against(records: list[dict[str, Any]], task: str, x: str, fixed: dict[str, Any], path: Path) -> Path | None:
+    """Each model's metric against setting ``x`` (others fixed), mean line and per-seed points."""
+    rows = [r for r in _main(records, task) if all(r.get(k) == v for k, v in fixed.items())]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for name in sorted({_name(r) for r in rows}):
+        _means_and_points(ax, [r for r in rows if _name(r) == name], x, name)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    where = ", ".join(f"{k}={v}" for k, v in fixed.items())
+    ax.set(xlabel=x, ylabel=rows[0]["metric"], title=f"{task} {where}: mean (line), seeds (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def state_size(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """MQAR accuracy against the numbers a decoder carries per layer (log scale), as in Based."""
+    sweep = [r for r in records if r["phase"] == "state_sweep"]
+    if not sweep:
+        return None
+    keys = {k: sweep[0][k] for k in ("n_pairs", "T", "conv")}
+    rows = sweep + [r for r in _main(records, "mqar") if all(r.get(k) == v for k, v in keys.items())]
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for name in sorted({_name(r) for r in rows}):
+        _means_and_points(ax, [r for r in rows if _name(r) == name], "state_per_layer", name)
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="numbers a decoder carries per layer",
+        ylabel="MQAR accuracy",
+        title=f"MQAR, {keys['n_pairs']} pairs, T = {keys['T']}: accuracy against state size",
+    )
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def learning_curves(records: list[dict[str, Any]], task: str, path: Path) -> Path | None:
+    """Validation loss against steps at the task's hardest setting, one line per seed and model."""
+    rows = _main(records, task)
+    if not rows:
+        return None
+    hardest = max(rows, key=lambda r: (r.get("T") or 0, r.get("n_pairs") or r.get("n_tokens") or 0))
+    keys = {k: hardest.get(k) for k in ("T", "n_pairs", "n_tokens") if hardest.get(k) is not None}
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    seen: set[str] = set()
+    for r in rows:
+        if any(r.get(k) != v for k, v in keys.items()):
             continue
-        colour, _ = STYLE[r["model"]]
+        name = _name(r)
         steps = [p["step"] for p in r["curve"]]
         losses = [p["validation_loss"] for p in r["curve"]]
-        ax.plot(steps, losses, color=colour, alpha=0.8, label=r["model"] if r["seed"] == min_seed(records) else None)
-    where = ", ".join(f"{k}={v}" for k, v in setting.items())
+        ax.plot(steps, losses, alpha=0.7, label=None if name in seen else name, **_style(name))
+        seen.add(name)
+    where = ", ".join(f"{k}={v}" for k, v in keys.items())
     ax.set(xlabel="training step", ylabel="validation loss (nats)", title=f"{task} ({where}): one line per seed")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
-def min_seed(records: list[dict[str, Any]]) -> int:
-    return min(r["seed"] for r in records)
-
-
-def recall_against_pairs(records: list[dict[str, Any]], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rows = _main(records, "recall", "accuracy")
-    for model, (colour, marker) in STYLE.items():
-        xs, means, stds = _mean_std(rows, "n_pairs", model)
-        if xs:
-            ax.errorbar(xs, means, yerr=stds, color=colour, marker=marker, capsize=3, label=model)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set(xlabel="key-value pairs in context", ylabel="recall accuracy", title="recall: mean ± std over seeds")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
-
-
-def recall_against_latents(records: list[dict[str, Any]], path: Path) -> Path | None:
-    sweep = [r for r in records if r["task"] == "recall" and r["model"] == "latte" and r["phase"] != "lr_search"]
-    pairs = {r["n_pairs"] for r in records if r["phase"] == "latent_sweep"}
-    if not pairs:
+def timing(records: list[dict[str, Any]], path: Path) -> Path | None:
+    rows = _main(records, "timing")
+    if not rows:
         return None
-    (n_pairs,) = pairs
-    sweep = [r for r in sweep if r["n_pairs"] == n_pairs]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    xs, means, stds = _mean_std(sweep, "n_latents", "latte")
-    ax.errorbar(xs, means, yerr=stds, color=STYLE["latte"][0], marker="s", capsize=3, label="latte")
-    for model in ("softmax", "linear"):
-        ys = [
-            r["value"] for r in _main(records, "recall", "accuracy") if r["model"] == model and r["n_pairs"] == n_pairs
-        ]
-        if ys:
-            ax.axhline(float(np.mean(ys)), color=STYLE[model][0], linestyle="--", label=f"{model} (mean)")
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for name in sorted({_name(r) for r in rows}):
+        mine = [{**r, "value": r["value"] * 1e3} for r in rows if _name(r) == name]
+        _means_and_points(ax, mine, "T", name)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set(
-        xlabel="latents L over all heads",
-        ylabel="recall accuracy",
-        title=f"recall with {n_pairs} pairs against Latte's latents",
-    )
-    ax.set_ylim(0, 1.02)
+    ax.set(xlabel="T", ylabel="ms per training step", title=f"{rows[0]['batch'] * rows[0]['T']} tokens per step")
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
-
-
-def needle_against_length(records: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against T (left); seconds per training step against T (right), from the timing task if run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
-    timing = _main(records, "timing", "seconds_per_step_min")
-    if not timing:
-        timing = _main(records, "needle", "seconds_per_step")
-    for model, (colour, marker) in STYLE.items():
-        xs, means, stds = _mean_std(_main(records, "needle", "accuracy"), "T", model)
-        if xs:
-            left.errorbar(xs, means, yerr=stds, color=colour, marker=marker, capsize=3, label=model)
-        xs, means, stds = _mean_std(timing, "T", model)
-        if xs:
-            ms, ms_std = [m * 1e3 for m in means], [s * 1e3 for s in stds]
-            right.errorbar(xs, ms, yerr=ms_std, color=colour, marker=marker, capsize=3, label=model)
-    left.set(xlabel="sequence length T", ylabel="accuracy", title="needle: accuracy, mean ± std over seeds")
-    left.set_ylim(0, 1.02)
-    right.set(
-        xlabel="sequence length T",
-        ylabel="ms per training step",
-        title=f"{timing[0]['batch'] * timing[0]['T'] if timing else ''} tokens per step at every T",
-    )
-    right.set_yscale("log")
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.grid(alpha=0.3)
-        ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
 def plot_all(records: list[dict[str, Any]], output: Path) -> list[Path]:
     """Every plot the records allow; return their paths."""
-    written: list[Path | None] = []
-    tasks = {r["task"] for r in records}
-    if "char" in tasks:
-        written.append(learning_curves(records, "char", {}, output / "curves_char.png"))
-    if "recall" in tasks:
-        largest = max(r["n_pairs"] for r in _main(records, "recall", "accuracy"))
-        written.append(learning_curves(records, "recall", {"n_pairs": largest}, output / "curves_recall.png"))
-        written.append(recall_against_pairs(records, output / "recall_pairs.png"))
-        written.append(recall_against_latents(records, output / "recall_latents.png"))
-    if "needle" in tasks:
-        longest = max(r["T"] for r in _main(records, "needle", "accuracy"))
-        written.append(learning_curves(records, "needle", {"T": longest}, output / "curves_needle.png"))
-        written.append(needle_against_length(records, output / "needle_length.png"))
+    written: list[Path | None] = [learning_curves(records, t, output / f"curves_{t}.png") for t in ("char", "mqar")]
+    written.append(against(records, "recall", "n_pairs", {}, output / "recall_pairs.png"))
+    for length in sorted({r["T"] for r in _main(records, "mqar")}):
+        written.append(against(records, "mqar", "n_pairs", {"T": length}, output / f"mqar_T{length}.png"))
+    written.append(against(records, "copy", "T", {}, output / "copy_length.png"))
+    written.append(against(records, "needle", "T", {}, output / "needle_length.png"))
+    written.append(state_size(records, output / "mqar_state_size.png"))
+    written.append(timing(records, output / "timing.png"))
     return [p for p in written if p is not None]
 
 

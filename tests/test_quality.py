@@ -32,28 +32,38 @@ def _quality() -> ModuleType:
 
 def test_quick_run_writes_complete_finite_records(tmp_path: Path) -> None:
     quality = _quality()
+    models = ("softmax", "latte", "hybrid")
     args = ["--quick", "--output", str(tmp_path), "--steps", "4", "--lr-grid", "1e-3,3e-3", "--no-plots"]
-    returned = quality.main(args)
+    returned = quality.main([*args, "--models", ",".join(models)])
     records = json.loads((tmp_path / "results.json").read_text())
     assert records == json.loads(json.dumps(returned))
+    quick = quality.quick()
     for record in records:
         assert KEYS <= record.keys(), KEYS - record.keys()
         assert math.isfinite(record["value"]) and record["seconds"] > 0
         assert record["n_params"] > 0 and record["lr"] in (1e-3, 3e-3)
-        assert record["steps"] == (quality.quick().timing_steps if record["task"] == "timing" else 4)
+        assert record["steps"] == (quick.timing_steps if record["task"] == "timing" else 4)
     main = [r for r in records if r["phase"] == "main"]
-    assert {r["task"] for r in main} == {"char", "recall", "needle", "timing"}
-    assert {r["model"] for r in main} == {"softmax", "latte", "linear"}
-    assert {r["metric"] for r in main if r["task"] == "needle"} == {"accuracy", "seconds_per_step"}
-    timing = [r for r in main if r["task"] == "timing"]
-    assert {r["T"] for r in timing} == set(quality.quick().timing_lengths)
-    assert {r["n_pairs"] for r in main if r["task"] == "recall"} == set(quality.quick().recall_pairs)
-    sweep = {r["n_latents"] for r in records if r["phase"] == "latent_sweep"}
-    assert sweep == set(quality.quick().latent_sweep) - {quality.quick().n_latents}
+    assert {r["task"] for r in main} == {"char", "recall", "mqar", "copy", "needle", "timing"}
+    assert {r["model"] for r in main} == set(models)
+    searched = {(r["task"], r["model"], r["conv"], r["lr"]) for r in records if r["phase"] == "lr_search"}
+    assert len(searched) == (4 * len(models) + 2 * len(models)) * 2  # 4 tasks, mqar with and without conv; 2 lrs
+    hardest = {r["T"] for r in records if r["phase"] == "lr_search" and r["task"] == "needle"}
+    assert hardest == {max(quick.needle_lengths)}
+    assert {r["conv"] for r in main if r["task"] == "mqar"} == {False, True}
+    assert {(r["T"], r["n_pairs"]) for r in main if r["task"] == "mqar"} == set(quick.mqar_settings)
+    assert {r["T"] for r in main if r["task"] == "timing"} == set(quick.timing_lengths)
+    assert {r["n_pairs"] for r in main if r["task"] == "recall"} == set(quick.recall_pairs)
+    sweep = {(r["model"], r["size"]) for r in records if r["phase"] == "state_sweep"}
+    assert sweep == {(m, s) for m, sizes in quick.state_sweep if m in models for s in sizes}
+    assert all(r["state_per_layer"] > 0 for r in records if r["task"] != "timing")
     char = [r for r in main if r["task"] == "char"]
-    assert all(0 < r["value"] < 10 for r in char)  # nats per character, near log(vocabulary) untrained
-    assert (tmp_path / "summary.md").read_text().startswith("| phase")
-    assert "## Associative recall" in (tmp_path / "report.md").read_text()
+    assert all(0 < r["value"] < 10 for r in char)  # nats per byte, near log(256) untrained
+    assert all(len(r["corpus_sha256"]) == 64 and r["corpus_bytes"] == quick.char_corpus_bytes for r in char)
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("| phase") and "± 0.000" not in summary and "(n=1)" in summary
+    report = (tmp_path / "report.md").read_text()
+    assert "## MQAR" in report and "## Learning rates" in report and "## State size" in report
 
 
 def test_every_model_has_the_same_parameters_but_latte_s_latent_projections() -> None:
@@ -63,7 +73,7 @@ def test_every_model_has_the_same_parameters_but_latte_s_latent_projections() ->
     d_model, n_heads = 32, 4
     counts = {
         kind: count_parameters(TinyTransformer(kind, 50, d_model, 2, n_heads, n_latents=d_model))
-        for kind in ("softmax", "latte", "linear")
+        for kind in ("softmax", "latte", "linear", "window", "retnet")
     }
     assert len(set(counts.values())) == 1  # n_latents = d_model: wq, wk are (d_model, d_model) in every model
     smaller = count_parameters(TinyTransformer("latte", 50, d_model, 2, n_heads, n_latents=8))
@@ -105,10 +115,10 @@ def test_tasks_score_what_they_say() -> None:
         assert all(answer + pairs[int(inputs[b, t])] == int(targets[b, t]) for t in scored)
     inputs, targets = needle_batch(4, 128, rng)
     signals = inputs < 8
-    assert signals.sum(1).tolist() == [1, 1, 1, 1] and bool(signals[:, 16:].sum() == 0)
+    assert signals.sum(1).tolist() == [1, 1, 1, 1] and bool(signals[:, -1].sum() == 0)
     position = signals.int().argmax(1)
     for b in range(4):
         assert (targets[b, position[b] + 1 :] == inputs[b, position[b]]).all()
         assert (targets[b, : position[b] + 1] == IGNORE).all()
-    _, far = needle_batch(4, 128, np.random.default_rng(0), far_only=True)
-    assert bool((far[:, :96] == IGNORE).all()) and bool((far[:, 96:] != IGNORE).all())
+    _, last = needle_batch(4, 128, np.random.default_rng(0), last_only=True)
+    assert bool((last[:, :-1] == IGNORE).all()) and bool((last[:, -1] != IGNORE).all())
