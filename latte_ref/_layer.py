@@ -17,7 +17,7 @@ from ._params import LatteParams, init_params, register_jax_pytree
 from .bidirectional import bidirectional
 from .causal import causal as causal_form
 from .definition import definition
-from .recurrent import recurrent
+from .recurrent import recurrent, step
 from .state import LatteState
 
 __all__ = [
@@ -149,6 +149,10 @@ def stream(
     x: (..., T, d_model) -> y (..., T, d_model), as ``latte_attention(x, params, causal=True)`` on the
     whole sequence; the state is that of :func:`latte_ref.causal`, per head. The framework layers
     (:mod:`latte_ref.layers`) stream with it.
+
+    One token (T = 1, no ``segment_ids``) is a decode step: it goes to :func:`latte_ref.step`,
+    whose checks are paid once per signature, rather than to the chunked causal form, whose
+    fixed cost per call is that of a whole chunk.
     """
     if not isinstance(params, LatteParams):
         raise TypeError(f"params must be a LatteParams, got {type(params).__name__}")
@@ -156,6 +160,14 @@ def stream(
     if x.ndim < 2 or x.shape[-1] != params.d_model:
         raise ValueError(f"x must have shape (..., T, d_model={params.d_model}), got {tuple(x.shape)}")
     heads = params.n_heads
+    if x.shape[-2] == 1 and segment_ids is None:
+        check_mask(xp, mask, x.shape[:-1])
+        x_t = x[..., 0, :]  # [..., d_model]
+        q_t = split_heads(xp, x_t @ params.wq, heads)  # [..., H, L]
+        k_t = split_heads(xp, x_t @ params.wk, heads)
+        v_t = split_heads(xp, x_t @ params.wv, heads)  # [..., H, D]
+        y_t, state_after = step(q_t, k_t, v_t, state, mask_t=None if mask is None else mask[..., 0])
+        return merge_heads(xp, y_t, params.wo)[..., None, :], state_after
     q = split_heads(xp, x @ params.wq, heads)  # [..., T, H, L]
     k = split_heads(xp, x @ params.wk, heads)
     v = split_heads(xp, x @ params.wv, heads)  # [..., T, H, D]

@@ -151,7 +151,9 @@ def _step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tup
     )
     p_latent_given_query = softmax(xp, q_t, axis=-1)  # [..., H, L]
     read = safe_divide(xp, p_latent_given_query, normaliser)  # p(l | t) / a_t
-    y_t = (read[..., None, :] @ state.numerator)[..., 0, :]  # [..., H, 1, L] @ [..., H, L, D] -> [..., H, D]
+    # sum_l read_l S_{l,d} as a product and a sum, not a batched (1, L) @ (L, D) product: at decode sizes the
+    # latter is a BLAS call per head whose threads, on a loaded machine, wait on each other for milliseconds.
+    y_t = xp.sum(read[..., :, None] * state.numerator, axis=-2)  # [..., H, L, 1] * [..., H, L, D] -> [..., H, D]
     return y_t, state
 
 

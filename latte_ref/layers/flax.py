@@ -102,7 +102,16 @@ class LatteAttention(nnx.Module):
         ``return_state`` for ``causal=True``, streaming as
         :func:`latte_ref.causal`; ``context`` (B, Tk, d_model) and ``context_mask`` (B, Tk) for
         cross-attention with ``causal=False``.
+
+        An input narrower than the weights (bfloat16 into a float32 layer) is promoted, as JAX
+        promotes; a wider one (float64 into float32) is refused rather than silently widening the layer.
         """
+        weights = self.wq.dtype
+        if hasattr(x, "dtype") and x.dtype != weights and jnp.promote_types(x.dtype, weights) != weights:
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's weights are {weights}: cast x to the layer's dtype"
+                f" (x.astype({weights})) or build the layer with dtype={x.dtype}"
+            )
         return apply_layer(
             x,
             self.to_params(),

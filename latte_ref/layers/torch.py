@@ -129,6 +129,11 @@ class LatteAttention(nn.Module):
         y : tensor, shape (B, T, d_model)
             Or ``(y, state)`` when ``return_state``.
         """
+        if isinstance(x, torch.Tensor) and x.dtype != self.wq.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's weights are {self.wq.dtype}: cast one to the other"
+                " (layer.to(x.dtype), e.g. layer.double(), or x.to(layer.wq.dtype), e.g. x.float())"
+            )
         return apply_layer(
             x,
             self.to_params(),
