@@ -69,6 +69,15 @@ class LatteParams:
             if size == 0 or size % self.n_heads:
                 raise ValueError(f"{name} must be a positive multiple of n_heads={self.n_heads}, got {size}")
 
+    @classmethod
+    def _unchecked(cls, wq: Array, wk: Array, wv: Array, wo: Array, *, n_heads: int) -> LatteParams:
+        """Weights already known to pass ``__post_init__``'s checks, put together without running them again."""
+        p = object.__new__(cls)
+        for name, w in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
+            object.__setattr__(p, name, w)
+        object.__setattr__(p, "n_heads", n_heads)
+        return p
+
     @property
     def d_model(self) -> int:
         return int(self.wq.shape[0])
@@ -150,11 +159,7 @@ def register_jax_pytree() -> None:
 
     def unflatten(n_heads: int, leaves: Any) -> LatteParams:
         # Bypass the checks of __post_init__: JAX rebuilds pytrees with tracers and placeholders.
-        p = object.__new__(LatteParams)
-        for name, leaf in zip(("wq", "wk", "wv", "wo"), leaves, strict=True):
-            object.__setattr__(p, name, leaf)
-        object.__setattr__(p, "n_heads", n_heads)
-        return p
+        return LatteParams._unchecked(*leaves, n_heads=n_heads)
 
     _registered = True
     jax.tree_util.register_pytree_with_keys(LatteParams, flatten, unflatten)

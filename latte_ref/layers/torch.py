@@ -148,7 +148,16 @@ class LatteAttention(nn.Module):
 
     def to_params(self) -> LatteParams:
         """The layer's weights as :class:`latte_ref.LatteParams` of its parameters (gradients flow through them)."""
-        return LatteParams(wq=self.wq, wk=self.wk, wv=self.wv, wo=self.wo, n_heads=self.n_heads)
+        weights = (self.wq, self.wk, self.wv, self.wo)
+        if torch.compiler.is_compiling():  # no cache to read or fill while tracing: it would be guarded on
+            return LatteParams(*weights, n_heads=self.n_heads)
+        # The checks look at shapes, dtypes and devices alone: a decode loop pays for them once, not per token.
+        signature = (self.n_heads, *((w.shape, w.dtype, w.device) for w in weights))
+        if self.__dict__.get("_checked_signature") != signature:
+            params = LatteParams(*weights, n_heads=self.n_heads)
+            self.__dict__["_checked_signature"] = signature
+            return params
+        return LatteParams._unchecked(*weights, n_heads=self.n_heads)
 
     @classmethod
     def from_params(cls, params: LatteParams, *, causal: bool = False) -> LatteAttention:
