@@ -164,8 +164,8 @@ class LatteMultiheadAttention(nn.Module):
         >>> from latte_ref.layers.torch import LatteMultiheadAttention
         >>> layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
         >>> layer.self_attn = LatteMultiheadAttention.from_module(layer.self_attn)
-        >>> layer.self_attn
-        LatteMultiheadAttention(embed_dim=32, num_heads=4, n_latents=32, batch_first=True, ...)
+        >>> type(layer.self_attn).__name__, layer.self_attn.n_latents, layer.self_attn.batch_first
+        ('LatteMultiheadAttention', 32, True)
         """
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
