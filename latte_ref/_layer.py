@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ._array import (
-    Array,
-    check_flag,
-    check_mask,
-    mask_output,
-    namespace_of,
-    resolve_namespace,
-    same_device,
-)
+from ._array import Array, mask_output, namespace_of, resolve_namespace
+from ._checks import check_flag, check_mask, same_device
 from ._params import LatteParams, init_params, register_jax_pytree
 from .bidirectional import bidirectional
 from .causal import causal as causal_form

@@ -10,7 +10,8 @@ from typing import Any
 import array_api_extra as xpx
 import numpy as np
 
-from ._array import Array, check_dtype_request, check_positive_int, namespace_of, resolve_namespace, same_device
+from ._array import Array, namespace_of, resolve_namespace
+from ._checks import check_dtype_request, check_positive_int, same_device
 
 __all__ = ["LatteParams", "init_params", "register_jax_pytree"]
 

@@ -7,16 +7,10 @@ from typing import Any
 
 from array_api_compat import is_dask_array
 
-from ._array import (
-    Array,
-    _prepare_qkv,
-    device_of,
-    keys_taking_part,
-    mask_keys_and_values,
-    output_buffer,
-    take_tokens,
-)
+from ._array import Array, device_of, keys_taking_part, mask_keys_and_values, output_buffer, take_tokens
+from ._checks import _prepare_qkv
 from ._dispatch import in_exact_arithmetic, sequence_parallel
+from ._layout import swap_time_and_heads
 from .causal import causal, prefix_max
 from .segments import check_segment_ids, segment_index
 from .state import combine, read_queries, summarise, warn_if_values_may_overflow
@@ -36,6 +30,7 @@ def bidirectional(
     mask: Array | None = None,
     key_mask: Array | None = None,
     segment_ids: Array | None = None,
+    layout: str = "BTHD",
 ) -> Array:
     r"""Bidirectional latent attention in O(T·L·D), self- or cross-attention.
 
@@ -66,6 +61,10 @@ def bidirectional(
     segment_ids : integer array, shape (..., T), optional
         The document of each token of a packed row, never decreasing along T (needs Tq = Tk): a token
         attends to the whole of its own document and to nothing else (see :func:`_packed`).
+    layout : {"BTHD", "BHTD"}
+        ``"BTHD"`` (default): q, k (..., T, H, L), v and y (..., T, H, D). ``"BHTD"``: head-first,
+        (..., H, T, L) and (..., H, T, D), y too. k and v may have H_kv heads, a divisor of H
+        (grouped-query attention: query head h reads K/V head h // (H / H_kv)).
 
     Returns
     -------
@@ -89,7 +88,25 @@ def bidirectional(
     >>> y.shape, bool(np.allclose(y, latte_ref.bidirectional(q, k_other[:, :30], v_other[:, :30])))
     ((5, 16, 4, 32), True)
     """
-    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(
+        q, k, v, mask, cross=True, key_mask=key_mask, layout=layout, segment_ids=segment_ids
+    )
+    y = _time_major(xp, q, k, v, mask=mask, key_mask=key_mask, segment_ids=segment_ids, out_dtype=out_dtype)
+    return swap_time_and_heads(xp, y, layout)
+
+
+def _time_major(
+    xp: Any,
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mask: Array | None,
+    key_mask: Array | None,
+    segment_ids: Array | None,
+    out_dtype: Any,
+) -> Array:
+    """:func:`bidirectional` on checked arrays: q (..., Tq, H, L), k (..., Tk, H, L), v (..., Tk, H, D) -> y."""
     n_queries, n_keys = q.shape[-3], k.shape[-3]
     warn_if_values_may_overflow(xp, v, state_tokens=n_keys)
     if segment_ids is not None:

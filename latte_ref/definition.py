@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array import (
-    Array,
-    _prepare_qkv,
-    causal_weighted_sum,
-    check_flag,
-    device_of,
-    keys_taking_part,
-    softmax,
-    weighted_sum_where,
-)
+from ._array import Array, causal_weighted_sum, device_of, keys_taking_part, softmax, weighted_sum_where
+from ._checks import _prepare_qkv, check_flag
 from ._dispatch import in_exact_arithmetic
 from .segments import check_segment_ids, segment_index, segment_starts
 
@@ -29,6 +21,7 @@ def attention_matrix(
     mask: Array | None = None,
     key_mask: Array | None = None,
     segment_ids: Array | None = None,
+    layout: str = "BTHD",
 ) -> Array:
     r"""The Tq x Tk attention that Latte implies: :math:`p(s \mid t) = \sum_l p(s \mid l, t)\, p(l \mid t)`.
 
@@ -59,6 +52,9 @@ def attention_matrix(
         Keys left out of every S(t); the rows stay as they are.
     segment_ids : integer array, shape (..., T), optional
         The document of each token of a packed row, never decreasing along T (needs Tq = Tk).
+    layout : {"BTHD", "BHTD"}
+        Of q and k: (..., T, H, L) or head-first (..., H, T, L); the result is head-first either way.
+        k may have H_kv heads, a divisor of H (grouped-query attention).
 
     Returns
     -------
@@ -78,7 +74,9 @@ def attention_matrix(
     >>> bool(np.allclose(y, latte_ref.causal(q, k, v)))
     True
     """
-    xp, q, k, _, out_dtype, _ = _prepare_qkv(q, k, k, mask, names=("q", "k", "k"), cross=True, key_mask=key_mask)
+    xp, q, k, _, out_dtype, _ = _prepare_qkv(
+        q, k, k, mask, names=("q", "k", "k"), cross=True, key_mask=key_mask, layout=layout, segment_ids=segment_ids
+    )
     check_flag("causal", causal)
     n, n_keys = q.shape[-3], k.shape[-3]
     for name, given in (("causal attention", causal), ("segment_ids", segment_ids is not None)):
@@ -109,6 +107,7 @@ def definition(
     mask: Array | None = None,
     key_mask: Array | None = None,
     segment_ids: Array | None = None,
+    layout: str = "BTHD",
 ) -> Array:
     r"""Latte from its definition: :math:`y_t = \sum_s p(s \mid t)\, v_s`, with the matrix of :func:`attention_matrix`.
 
@@ -126,6 +125,10 @@ def definition(
     segment_ids : integer array, shape (..., T), optional
         The document of each token of a packed row (never decreasing along T): a token attends only to its
         own document's tokens.
+    layout : {"BTHD", "BHTD"}
+        ``"BTHD"`` (default): q, k (..., T, H, L), v and y (..., T, H, D). ``"BHTD"``: head-first,
+        (..., H, T, L) and (..., H, T, D), y too. k and v may have H_kv heads, a divisor of H
+        (grouped-query attention: query head h reads K/V head h // (H / H_kv)).
 
     Returns
     -------
@@ -138,7 +141,9 @@ def definition(
     >>> bool(np.allclose(latte_ref.definition(q, k, v, causal=False), latte_ref.bidirectional(q, k, v)))
     True
     """
-    xp, q, k, v, out_dtype, _ = _prepare_qkv(q, k, v, mask, cross=True, key_mask=key_mask)
+    xp, q, k, v, out_dtype, _ = _prepare_qkv(
+        q, k, v, mask, cross=True, key_mask=key_mask, layout=layout, segment_ids=segment_ids
+    )
     check_flag("causal", causal)
     a = attention_matrix(q, k, causal=causal, mask=mask, key_mask=key_mask, segment_ids=segment_ids)  # [..., H, Tq, Tk]
     keys = keys_taking_part(mask, key_mask)
@@ -152,7 +157,7 @@ def definition(
         y = weighted_sum_where(xp, a, v_htd, reads[..., None, :, :])
     else:
         y = causal_weighted_sum(xp, a, v_htd) if causal else a @ v_htd
-    return xp.astype(xp.moveaxis(y, -2, -3), out_dtype)
+    return xp.astype(y if layout == "BHTD" else xp.moveaxis(y, -2, -3), out_dtype)
 
 
 def _reads(

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array import (
-    Array,
-    _prepare_qkv,
-    check_flag,
-    mask_keys_and_values,
-    mask_output,
-    safe_divide,
-    softmax,
-)
+from ._array import Array, mask_keys_and_values, mask_output, safe_divide, softmax
+from ._checks import _prepare_qkv, check_flag
 from ._dispatch import in_exact_arithmetic, is_traced
+from ._layout import repeat_kv_heads, swap_time_and_heads
 from .segments import check_segment_ids
 from .state import LatteState, check_state, empty_state, restart, warn_if_values_may_overflow
 
@@ -43,9 +37,10 @@ def step(
 
     Parameters
     ----------
-    q_t, k_t : array, shape (..., H, L)
-        Latent logits of token t (no T axis).
-    v_t : array, shape (..., H, D)
+    q_t, k_t : array, shape (..., H, L) and (..., H_kv, L)
+        Latent logits of token t (no T axis, hence no ``layout`` argument). H_kv = H, or a divisor of
+        H (grouped-query attention: query head h reads K/V head h // (H / H_kv)).
+    v_t : array, shape (..., H_kv, D)
         Value of token t.
     state : LatteState or None
         The state after tokens < t; ``None`` is an empty history.
@@ -112,6 +107,7 @@ def _checked_step_inputs(
     if known is not None:
         xp, out_dtype, dtype = known
         q_t, k_t, v_t = (a if a.dtype == dtype else xp.astype(a, dtype) for a in (q_t, k_t, v_t))
+        k_t, v_t = repeat_kv_heads(xp, k_t, v_t, q_t.shape[-2])
         if state is None:
             state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
         elif state.numerator.dtype != dtype:
@@ -167,6 +163,7 @@ def recurrent(
     segment_ids: Array | None = None,
     state: LatteState | None = None,
     return_state: bool = False,
+    layout: str = "BTHD",
 ) -> Array | tuple[Array, LatteState]:
     """Causal latent attention as an explicit scan of :func:`step` over the T tokens.
 
@@ -186,6 +183,10 @@ def recurrent(
         the history of the call's first segment.
     return_state : bool
         Also return the state after the last token (of the last segment).
+    layout : {"BTHD", "BHTD"}
+        ``"BTHD"`` (default): q, k (..., T, H, L), v and y (..., T, H, D). ``"BHTD"``: head-first,
+        (..., H, T, L) and (..., H, T, D), y too. k and v may have H_kv heads, a divisor of H
+        (grouped-query attention: query head h reads K/V head h // (H / H_kv)).
 
     Returns
     -------
@@ -198,7 +199,7 @@ def recurrent(
     >>> latte_ref.recurrent(q, k, v).shape
     (7, 2, 4)
     """
-    xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask)
+    xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask, layout=layout, segment_ids=segment_ids, state=state)
     check_flag("return_state", return_state)
     if state is None:
         state = empty_state(xp, q, v, dtype)
@@ -216,5 +217,5 @@ def recurrent(
         y_t, state = _step(xp, q[..., t, :, :], k[..., t, :, :], v[..., t, :, :], state)
         outputs.append(y_t)
     y = xp.stack(outputs, axis=-3) if outputs else xp.zeros_like(v)
-    y = xp.astype(mask_output(xp, mask, y), out_dtype, copy=False)
+    y = swap_time_and_heads(xp, xp.astype(mask_output(xp, mask, y), out_dtype, copy=False), layout)
     return (y, state) if return_state else y

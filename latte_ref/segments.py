@@ -17,7 +17,8 @@ from typing import Any
 
 from array_api_compat import is_array_api_obj, is_dask_array, is_torch_array
 
-from ._array import Array, device_of, namespace_of, resolve_namespace, same_device
+from ._array import Array, device_of, namespace_of, resolve_namespace
+from ._checks import same_device
 from ._dispatch import is_traced
 
 __all__ = ["check_segment_ids", "segment_ids_from_cu_seqlens", "segment_index", "segment_starts"]

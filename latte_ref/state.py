@@ -23,20 +23,10 @@ import warnings
 from typing import Any, NamedTuple
 
 import array_api_extra as xpx
+from array_api_compat import is_torch_array, to_device
 
-from ._array import (
-    Array,
-    check_dtype_request,
-    check_positive_int,
-    device_of,
-    finite_or_zero,
-    mask_output,
-    namespace_of,
-    resolve_namespace,
-    safe_divide,
-    same_device,
-    softmax,
-)
+from ._array import Array, device_of, finite_or_zero, mask_output, namespace_of, resolve_namespace, safe_divide, softmax
+from ._checks import check_dtype_request, check_positive_int, same_device
 from ._dispatch import is_traced, stop_gradient
 
 __all__ = [
@@ -66,12 +56,52 @@ class LatteState(NamedTuple):
     numerator : array, shape (..., H, L, D)
         ``S = sum_s exp(k[s, l] - m) v[s]``.
 
-    Being a ``NamedTuple``, it is a pytree in JAX and can cross ``jax.jit``.
+    Being a ``NamedTuple``, it is a pytree in JAX and can cross ``jax.jit``. It is not one of the
+    types that ``torch.load(..., weights_only=True)`` accepts by default: allow it once with
+    ``torch.serialization.add_safe_globals([LatteState])``, or save ``state._asdict()`` (a dict of
+    tensors) and rebuild with ``LatteState(**loaded)``.
     """
 
     running_max: Array
     normaliser: Array
     numerator: Array
+
+    def to(self, *args: Any, **kwargs: Any) -> LatteState:
+        """The state with each array moved and/or cast: ``Tensor.to``'s arguments on torch.
+
+        For arrays of other libraries, the keywords ``device=`` (through the Array API's
+        ``to_device``) and ``dtype=`` (through ``astype``) only.
+
+        Examples
+        --------
+        >>> import numpy as np, latte_ref
+        >>> latte_ref.init_state((2,), 1, 3, 4).to(dtype=np.float32).numerator.dtype
+        dtype('float32')
+        """
+        if all(is_torch_array(a) for a in self):
+            return LatteState(*(a.to(*args, **kwargs) for a in self))
+        unknown = sorted(set(kwargs) - {"device", "dtype"})
+        if args or unknown:
+            raise TypeError(
+                f"LatteState.to takes only device= and dtype= keywords for {type(self.numerator).__module__} arrays,"
+                f" got {len(args)} positional argument(s){' and ' + ', '.join(unknown) if unknown else ''}"
+            )
+        xp = namespace_of(**dict(zip(self._fields, self, strict=True)))
+        arrays = tuple(self)
+        if kwargs.get("dtype") is not None:
+            dtype = check_dtype_request(xp, kwargs["dtype"], device_of(self.numerator))
+            arrays = tuple(xp.astype(a, dtype) for a in arrays)
+        if kwargs.get("device") is not None:
+            arrays = tuple(to_device(a, kwargs["device"]) for a in arrays)
+        return LatteState(*arrays)
+
+    def detach(self) -> LatteState:
+        """The state as a constant for autodiff: ``Tensor.detach`` on torch, ``jax.lax.stop_gradient`` on JAX.
+
+        Arrays without autograd (NumPy, CuPy, Dask) come back as they are. Truncated
+        backpropagation through time detaches the state carried from one chunk to the next.
+        """
+        return LatteState(*(stop_gradient(a) for a in self))
 
 
 def init_state(

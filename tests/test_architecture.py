@@ -15,6 +15,8 @@ PACKAGE = Path(latte_ref.__file__).parent
 LAYERS = {
     "_array": 1,
     "_dispatch": 1,
+    "_checks": 1,
+    "_layout": 1,
     "segments": 1,
     "state": 2,
     "definition": 3,

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 from array_api_compat import is_dask_array
 
-from .._array import (
-    Array,
-    _prepare_qkv,
-    check_chunk_size,
-    check_flag,
-    mask_keys_and_values,
-    mask_output,
-    output_buffer,
-)
+from .._array import Array, mask_keys_and_values, mask_output, output_buffer
+from .._checks import _prepare_qkv, check_chunk_size, check_flag
 from .._dispatch import in_exact_arithmetic, is_traced, sequence_parallel
+from .._layout import swap_time_and_heads
 from ..segments import check_segment_ids
 from ..state import LatteState, check_state, empty_state, warn_if_values_may_overflow, with_constant_frame
 from .block import causal_block
@@ -34,6 +28,7 @@ def causal(
     chunk_size: int | None = None,
     state: LatteState | None = None,
     return_state: bool = False,
+    layout: str = "BTHD",
 ) -> Array | tuple[Array, LatteState]:
     r"""Causal latent attention in O(T·L·(C + D)), all chunks of C tokens at once.
 
@@ -68,6 +63,10 @@ def causal(
         With ``segment_ids``, it is the history of the call's first segment.
     return_state : bool
         Also return the state after the last token (which belongs to the last segment).
+    layout : {"BTHD", "BHTD"}
+        ``"BTHD"`` (default): q, k (..., T, H, L), v and y (..., T, H, D). ``"BHTD"``: head-first,
+        (..., H, T, L) and (..., H, T, D), y too. k and v may have H_kv heads, a divisor of H
+        (grouped-query attention: query head h reads K/V head h // (H / H_kv)).
 
     Returns
     -------
@@ -97,7 +96,7 @@ def causal(
     >>> bool(np.allclose(np.concatenate([head, tail]), packed))
     True
     """
-    xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask)
+    xp, q, k, v, out_dtype, dtype = _prepare_qkv(q, k, v, mask, layout=layout, segment_ids=segment_ids, state=state)
     check_flag("return_state", return_state)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else check_chunk_size(chunk_size)
     if state is not None:
@@ -105,7 +104,7 @@ def causal(
     starts = None if segment_ids is None else check_segment_ids(xp, segment_ids, q.shape[:-2], like=q)
     if is_dask_array(q):
         # A sequence chunked along T: Dask gets a graph that is parallel along T (see docs/distributed.md).
-        return sequence_parallel("dask").causal(
+        result = sequence_parallel("dask").causal(
             q,
             k,
             v,
@@ -116,6 +115,9 @@ def causal(
             return_state=return_state,
             out_dtype=out_dtype,
         )
+        if not return_state:
+            return swap_time_and_heads(xp, result, layout)
+        return swap_time_and_heads(xp, result[0], layout), result[1]
     # The chunks hold their running maxima constant for autodiff: so must the state they start from.
     state = empty_state(xp, q, v, dtype) if state is None else with_constant_frame(xp, state)
     warn_if_values_may_overflow(xp, v, state_tokens=q.shape[-3])
@@ -141,5 +143,5 @@ def causal(
     if y is None:
         y = xp.concat(pieces, axis=-3) if pieces else xp.zeros_like(v)
     del pieces
-    y = xp.astype(mask_output(xp, mask, y), out_dtype, copy=False)
+    y = swap_time_and_heads(xp, xp.astype(mask_output(xp, mask, y), out_dtype, copy=False), layout)
     return (y, state) if return_state else y

@@ -14,8 +14,9 @@ from torch import nn
 
 from .._layer import LatteParams, apply_layer, register_jax_pytree
 from ..state import LatteState
+from ._torch_multihead import LatteMultiheadAttention
 
-__all__ = ["LatteAttention"]
+__all__ = ["LatteAttention", "LatteMultiheadAttention"]
 
 
 class LatteAttention(nn.Module):
@@ -187,6 +188,42 @@ class LatteAttention(nn.Module):
                 getattr(layer, name).copy_(w)
         return layer
 
+    @classmethod
+    def from_projections(
+        cls, wq: Any, wk: Any, wv: Any, wo: Any, *, n_heads: int, causal: bool = False
+    ) -> LatteAttention:
+        """A layer holding copies of existing projections: ``nn.Linear`` modules or their weight tensors.
+
+        Tensors are read in ``nn.Linear``'s orientation, (out_features, in_features): wq and wk
+        (n_latents, d_model), wv and wo (d_model, d_model); the layer stores their transposes,
+        (d_model, n_latents) and (d_model, d_model), as it computes ``x @ w``. LatteAttention has
+        no biases: a Linear whose bias is not all zeros is a ``ValueError`` (use
+        :class:`LatteMultiheadAttention`, which has them).
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> from latte_ref.layers.torch import LatteAttention
+        >>> q, k, v, o = (nn.Linear(32, 32, bias=False) for _ in range(4))
+        >>> LatteAttention.from_projections(q, k, v, o, n_heads=4, causal=True)
+        LatteAttention(d_model=32, n_latents=32, n_heads=4, causal=True)
+        """
+        weights = {name: _projection(name, w) for name, w in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo))}
+        n_latents, d_model = weights["wq"].shape
+        expected = {"wq": (n_latents, d_model), "wk": (n_latents, d_model), "wv": (d_model, d_model)}
+        expected["wo"] = (d_model, d_model)
+        for name, shape in expected.items():
+            if tuple(weights[name].shape) != shape:
+                raise ValueError(
+                    f"{name} must have shape {shape} (out_features, in_features) to go with wq"
+                    f" {tuple(weights['wq'].shape)}, got {tuple(weights[name].shape)}"
+                )
+        layer = cls(d_model, n_latents, n_heads, causal=causal, device=weights["wq"].device, dtype=weights["wq"].dtype)
+        with torch.no_grad():
+            for name, w in weights.items():
+                getattr(layer, name).copy_(w.T)
+        return layer
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_latents={self.n_latents}, n_heads={self.n_heads}, causal={self.causal}"
 
@@ -196,3 +233,17 @@ def _tensor(w: Any) -> torch.Tensor:
     if isinstance(w, torch.Tensor):
         return w.detach()
     return torch.from_numpy(np.array(w))
+
+
+def _projection(name: str, w: Any) -> torch.Tensor:
+    """The weight of an ``nn.Linear`` or a 2-d tensor, detached; a Linear's non-zero bias is a ``ValueError``."""
+    if isinstance(w, nn.Linear):
+        if w.bias is not None and bool(torch.any(w.bias != 0)):
+            raise ValueError(
+                f"{name} has a bias, which LatteAttention has not: use LatteMultiheadAttention, or a Linear without one"
+            )
+        w = w.weight
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        given = f"shape {tuple(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
+        raise TypeError(f"{name} must be an nn.Linear or a 2-d tensor (out_features, in_features), got {given}")
+    return w.detach()

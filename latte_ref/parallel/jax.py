@@ -43,15 +43,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .._array import (
-    Array,
-    _prepare_qkv,
-    check_chunk_size,
-    check_flag,
-    finite_or_zero,
-    mask_keys_and_values,
-    mask_output,
-)
+from .._array import Array, finite_or_zero, mask_keys_and_values, mask_output
+from .._checks import _prepare_qkv, check_chunk_size, check_flag
 from ..causal import DEFAULT_CHUNK_SIZE, Pieces, causal_chunk
 from ..segments import check_segment_ids, segment_starts
 from ..state import LatteState, check_state, combine, empty_state, read_queries, restart, summarise

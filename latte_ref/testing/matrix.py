@@ -70,6 +70,9 @@ def matrix(dtypes: tuple[str, ...] | None = None, names: list[str] | None = None
     return entries
 
 
+_EXTRAS = {"flax": "flax", "optax": "flax", "x_transformers": "xtransformers", "transformers": "transformers"}
+
+
 def missing_framework(code: str) -> str | None:
     """Why ``code`` (a script or doctest) cannot run here: the first framework it imports that is unusable.
 
@@ -82,10 +85,9 @@ def missing_framework(code: str) -> str | None:
     True
     """
     for module in _imported_modules(code):
-        if module in ("flax", "optax") and importlib.util.find_spec(module) is None:  # the flax extra, no backend
-            return f"{module} is not installed (pip install -e '.[flax]')"
-        if module == "transformers" and importlib.util.find_spec(module) is None:  # an integration, no backend
-            return "transformers is not installed (pip install transformers)"
+        extra = _EXTRAS.get(module)  # libraries of an extra that are no backend
+        if extra is not None and importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[{extra}]')"
         name = FRAMEWORKS.get(module)
         if name is not None:
             reason = backends.get_backend(name).unavailable_reason()
