@@ -8,6 +8,7 @@ the library computed nothing while it was called.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +61,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         param = params.params.get("case", params.params.get("case64")) if params else None
         if "full_matrix" in item.keywords and param is not None and param[0].name in EXPENSIVE_BACKENDS:
             item.add_marker(skip_full)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def validate_saves_to_pytests_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The validator's failing cases (planted bugs, the docs' examples) go under pytest's temporary tree.
+
+    Not to the system's temporary folder, where every run would leave its ``.npz`` files;
+    the environment variable reaches the CLI runs in subprocesses too.
+    """
+    from latte_ref.testing.report import SAVE_DIR_VARIABLE
+
+    previous = os.environ.get(SAVE_DIR_VARIABLE)
+    os.environ[SAVE_DIR_VARIABLE] = str(tmp_path_factory.mktemp("latte-validate"))
+    yield
+    if previous is None:
+        del os.environ[SAVE_DIR_VARIABLE]
+    else:
+        os.environ[SAVE_DIR_VARIABLE] = previous
 
 
 @pytest.fixture(params=case_params())
