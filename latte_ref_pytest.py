@@ -52,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--latte-seed", type=int, default=0, help="suite seed (default: 0)")
     group.addoption(
+        "--latte-save-dir",
+        metavar="DIR",
+        default=None,
+        help="where a failing case's inputs (.npz) go (default: a folder of pytest's own temporary tree)",
+    )
+    group.addoption(
         "--latte-logit-scale",
         default=None,
         metavar="S",
@@ -126,7 +132,7 @@ class LatteCaseItem(pytest.Item):
         if self.skipped:
             pytest.skip(f"{self.name} {self.skipped.replace('--with-', '--latte-with-')}")
         options = _options(self.config)
-        report = validate(options.pop("impl"), cases=[self.name], **options)
+        report = validate(options.pop("impl"), cases=[self.name], save_dir=_save_dir(self.config), **options)
         if not report.passed:
             raise LatteCaseFailure(str(report))
 
@@ -145,6 +151,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     suite = LatteSuite.from_parent(session, name="latte-conformance")
     items.extend(suite.collect())
+
+
+def _save_dir(config: pytest.Config) -> str:
+    """``--latte-save-dir``, else ``latte-conformance`` under pytest's temporary tree (which pytest prunes).
+
+    Not the system's temporary folder, where every failing run would leave its arrays behind.
+    """
+    chosen = config.getoption("latte_save_dir")
+    if chosen is not None:
+        return str(chosen)
+    factory = getattr(config, "_tmp_path_factory", None)  # the tmp_path machinery: absent with -p no:tmpdir
+    if factory is None:
+        raise pytest.UsageError("--latte-save-dir is needed when pytest's tmpdir plugin is disabled")
+    folder = factory.getbasetemp() / "latte-conformance"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
 
 
 def _options(config: pytest.Config) -> dict[str, Any]:

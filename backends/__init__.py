@@ -27,6 +27,8 @@ True
 
 from __future__ import annotations
 
+import difflib
+
 from ._base import Backend, Unavailable
 from .array_api_strict import ArrayApiStrictBackend
 from .cupy import CupyBackend
@@ -42,6 +44,7 @@ __all__ = [
     "adapters_by_module",
     "available_backends",
     "backend_of",
+    "did_you_mean",
     "get_backend",
 ]
 
@@ -64,7 +67,17 @@ def get_backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+        raise ValueError(f"unknown backend {name!r}{did_you_mean(name)}; known: {', '.join(BACKENDS)}") from None
+
+
+# What people type for a backend's name, beyond spelling slips (which difflib catches).
+_ALIASES = {"pytorch": "torch", "np": "numpy", "jnp": "jax", "strict": "array_api_strict"}
+
+
+def did_you_mean(name: str) -> str:
+    """``" (did you mean 'torch'?)"`` for a near miss of a backend's name (``pytorch``, ``nunpy``), else ``""``."""
+    guess = _ALIASES.get(name.lower()) or next(iter(difflib.get_close_matches(name.lower(), BACKENDS, n=1)), None)
+    return f" (did you mean {guess!r}?)" if guess else ""
 
 
 def adapters_by_module() -> dict[str, Backend]:

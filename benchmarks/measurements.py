@@ -9,20 +9,18 @@ here, not in the ``latte_ref`` core; each imports its framework inside its funct
 
 from __future__ import annotations
 
-import gc
 import importlib
 import math
 import os
 import platform
 import resource
 import sys
-import time
-import tracemalloc
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
+from timing import best_time, interleaved_times, numpy_peak_bytes, thread_pools
 
 import latte_ref
 from latte_ref import backends
@@ -31,15 +29,18 @@ from latte_ref.state import summarise
 __all__ = [
     "FORMS",
     "PEER_SETTING",
-    "best_time",
+    "form_fn",
     "form_row",
+    "gemm_floor",
     "gemm_floor_row",
     "machine",
     "packed_segment_ids",
     "peer_rows",
     "scan_rows",
     "sizes",
+    "softmax_attention",
     "softmax_bytes",
+    "softmax_inputs",
     "softmax_row",
     "step_rows",
 ]
@@ -60,6 +61,7 @@ def machine() -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average_at_start": list(os.getloadavg()),
+        "thread_pools": thread_pools(),
         "versions": {"latte_ref": latte_ref.__version__, "numpy": np.__version__},
     }
     for name in ("torch", "jax"):  # versions of the frameworks this run imported
@@ -91,41 +93,6 @@ def random_inputs(n_tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
     return q, k, v
 
 
-def best_time(fn: Callable[[], Any], backend: backends.Backend, repeats: int) -> float:
-    """Minimum wall time of ``repeats`` calls after one warm-up call, which is discarded.
-
-    The warm-up pays for compilation, first-touch page faults and caches; a call of
-    over 20 s is its own warm-up (repeating it would cost minutes), so it is kept.
-    """
-    start = time.perf_counter()
-    backend.synchronize(fn())
-    first = time.perf_counter() - start
-    if first > 20:
-        return first
-    best = math.inf
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        backend.synchronize(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def numpy_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes NumPy allocated during ``fn()`` beyond what was live before (inputs excluded).
-
-    NumPy reports its buffers to :mod:`tracemalloc`, so this is exact for NumPy arrays.
-    """
-    gc.collect()
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base, _ = tracemalloc.get_traced_memory()
-    result = fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del result
-    return peak - base
-
-
 def sizes(upto: int, start: int = 1024) -> list[int]:
     out, n = [], start
     while n <= upto:
@@ -151,11 +118,11 @@ def packed_segment_ids(n_tokens: int, n_documents: int, seed: int = 0) -> np.nda
     return np.asarray(latte_ref.segment_ids_from_cu_seqlens([0, *cuts.tolist(), n_tokens]))
 
 
-def form_row(backend: backends.Backend, form: str, n_tokens: int, repeats: int, *, memory: bool, **extra: Any):
-    """One form's time at T (float32), and its peak memory on NumPy.
+def form_fn(backend: backends.Backend, form: str, n_tokens: int, **extra: Any) -> Callable[[], Any]:
+    """One form of Latte on random float32 inputs of T tokens, ready to call.
 
-    ``extra`` is recorded in the row, and may set ``chunk_size`` (causal) or ``packed``: that
-    many documents of random lengths packed in the row, passed as ``segment_ids``.
+    ``extra`` may set ``chunk_size`` (causal) or ``packed``: that many documents of random
+    lengths packed in the row, passed as ``segment_ids``.
     """
     q, k, v = random_inputs(n_tokens)
     xq, xk, xv = (backend.asarray(a, dtype="float32") for a in (q, k, v))
@@ -165,31 +132,45 @@ def form_row(backend: backends.Backend, form: str, n_tokens: int, repeats: int, 
     if "packed" in extra:
         ids = backend.asarray(packed_segment_ids(n_tokens, extra["packed"]), dtype="int64")
         fn = partial(getattr(latte_ref, form), segment_ids=ids)
+    return lambda: fn(xq, xk, xv)
+
+
+def form_record(backend: backends.Backend, form: str, n_tokens: int, seconds: float, *, memory: bool, **extra: Any):
+    """The row of one form's time at T, with its peak memory on NumPy when ``memory``."""
     row: dict[str, Any] = {"kind": "form", "backend": backend.name, "form": form, "T": n_tokens, **extra}
-    row["seconds"] = best_time(lambda: fn(xq, xk, xv), backend, repeats)
-    row["input_bytes"] = int(q.nbytes + k.nbytes + v.nbytes)
+    row["seconds"] = seconds
+    row["input_bytes"] = n_tokens * H * (2 * L + D) * 4  # q, k (T, H, L) and v (T, H, D) in float32
     if memory and backend.name == "numpy" and form != "recurrent":  # the scan holds one output, as causal does
-        row["peak_bytes_excluding_inputs"] = numpy_peak_bytes(lambda: fn(xq, xk, xv))
+        row["peak_bytes_excluding_inputs"] = numpy_peak_bytes(form_fn(backend, form, n_tokens, **extra))
         row["peak_bytes_including_inputs"] = row["peak_bytes_excluding_inputs"] + row["input_bytes"]
         row["process_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return [row]
+    return row
+
+
+def form_row(backend: backends.Backend, form: str, n_tokens: int, repeats: int, *, memory: bool, **extra: Any):
+    """One form's time at T (float32), timed alone, and its peak memory on NumPy."""
+    seconds = best_time(form_fn(backend, form, n_tokens, **extra), backend, repeats)
+    return [form_record(backend, form, n_tokens, seconds, memory=memory, **extra)]
 
 
 # -- references ---------------------------------------------------------------------------------
 
 
-def gemm_floor_row(backend: backends.Backend, n_tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """The two products every Latte evaluation needs, alone: S = k^T v (L x T @ T x D) and p S (T x L @ L x D)."""
+def gemm_floor(backend: backends.Backend, n_tokens: int) -> Callable[[], Any]:
+    """The two products every Latte evaluation needs, alone: S = k^T v (L x T @ T x D) and p S (T x L @ L x D).
+
+    No form can be faster: each computes both products, and more.
+    """
     q, k, v = random_inputs(n_tokens)
     xp = backend.namespace()
     k_hlt = backend.asarray(np.ascontiguousarray(k.transpose(1, 2, 0)), dtype="float32")  # [H, L, T]
     v_htd = backend.asarray(np.ascontiguousarray(v.transpose(1, 0, 2)), dtype="float32")  # [H, T, D]
     p_htl = backend.asarray(np.ascontiguousarray(q.transpose(1, 0, 2)), dtype="float32")  # [H, T, L]
+    return lambda: xp.matmul(p_htl, xp.matmul(k_hlt, v_htd))
 
-    def floor() -> Any:
-        return xp.matmul(p_htl, xp.matmul(k_hlt, v_htd))
 
-    seconds = best_time(floor, backend, repeats)
+def gemm_floor_row(backend: backends.Backend, n_tokens: int, repeats: int) -> list[dict[str, Any]]:
+    seconds = best_time(gemm_floor(backend, n_tokens), backend, repeats)
     return [{"kind": "floor", "backend": backend.name, "T": n_tokens, "seconds": seconds}]
 
 
@@ -229,14 +210,18 @@ def softmax_attention(backend_name: str, is_causal: bool) -> Callable[[Any, Any,
     return None
 
 
+def softmax_inputs(backend: backends.Backend, n_tokens: int) -> tuple[Any, Any, Any]:
+    """q, k, v (T, H, D) of standard attention, float32."""
+    rng = np.random.default_rng(1)
+    shape = (n_tokens, H, D)
+    return tuple(backend.asarray(rng.standard_normal(shape, dtype=np.float32), dtype="float32") for _ in range(3))
+
+
 def softmax_row(backend: backends.Backend, n_tokens: int, is_causal: bool, repeats: int) -> list[dict[str, Any]]:
     fn = softmax_attention(backend.name, is_causal)
     if fn is None:
         return []
-    rng = np.random.default_rng(1)
-    q, k, v = (
-        backend.asarray(rng.standard_normal((n_tokens, H, D), dtype=np.float32), dtype="float32") for _ in range(3)
-    )
+    q, k, v = softmax_inputs(backend, n_tokens)
     row = {"kind": "softmax", "backend": backend.name, "causal": is_causal, "T": n_tokens}
     try:
         row["seconds"] = best_time(lambda: fn(q, k, v), backend, repeats)
@@ -260,7 +245,6 @@ def step_rows(backend: backends.Backend, context: int, repeats: int) -> list[dic
     # The cost of a step does not depend on the state's values; the summary of a random context is a valid one.
     state = summarise(xp, k_ctx, v_ctx)
     q_t, k_t, v_t = (backend.asarray(rng.standard_normal((H, L), dtype=np.float32), dtype="float32") for _ in range(3))
-    latte = best_time(lambda: latte_ref.step(q_t, k_t, v_t, state)[0], backend, max(repeats, 20))
 
     # Standard attention: the cache holds the context's keys and values, heads first; one query reads them all.
     k_cache = xp.moveaxis(k_ctx, 0, 1)  # [H, n, D] (L = D here)
@@ -273,7 +257,11 @@ def step_rows(backend: backends.Backend, context: int, repeats: int) -> list[dic
         weights = weights / xp.sum(weights, axis=-1, keepdims=True)
         return (weights[:, None, :] @ v_cache)[:, 0, :]  # [H, D]
 
-    kv = best_time(kv_step, backend, max(repeats, 5))
+    times = interleaved_times(
+        {"latte": (backend, lambda: latte_ref.step(q_t, k_t, v_t, state)[0]), "kv": (backend, kv_step)},
+        max(repeats, 20),
+    )
+    latte, kv = times["latte"], times["kv"]
     return [
         {"kind": "step", "backend": backend.name, "method": "latte_step", "context": context, "seconds": latte},
         {"kind": "step", "backend": backend.name, "method": "kv_cache_softmax", "context": context, "seconds": kv},
@@ -291,25 +279,19 @@ def scan_rows(backend: backends.Backend, n_tokens: int, repeats: int) -> list[di
     s_local = backend.asarray(rng.standard_normal((n_chunks, H, L, D), dtype=np.float32), dtype="float32")
     state = latte_ref.init_state((), H, L, D, xp=backend.namespace(), dtype=decay.dtype)
     xp = backend.namespace()
-    rows = []
+    functions = {}
     for method in ("loop", "doubling"):
         fn = partial(getattr(causal_module, f"_{method}_scan"), xp)
         if backend.name == "jax":
             import jax
 
             fn = jax.jit(fn)
-        seconds = best_time(lambda fn=fn: fn(decay, None, a_local, s_local, state)[1], backend, repeats)
-        rows.append(
-            {
-                "kind": "scan",
-                "backend": backend.name,
-                "method": method,
-                "T": n_tokens,
-                "chunks": n_chunks,
-                "seconds": seconds,
-            }
-        )
-    return rows
+        functions[method] = (backend, lambda fn=fn: fn(decay, None, a_local, s_local, state)[1])
+    times = interleaved_times(functions, repeats)
+    return [
+        {"kind": "scan", "backend": backend.name, "method": m, "T": n_tokens, "chunks": n_chunks, "seconds": times[m]}
+        for m in functions
+    ]
 
 
 # -- the authors' algorithm as a peer -----------------------------------------------------------
@@ -381,9 +363,13 @@ def peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, 
         row["error"] = f"the peer disagrees with latte_ref: relative error {error:.2e} > 1e-5; not timed"
         return [row]
     numpy_backend, jax_backend = backends.get_backend("numpy"), backends.get_backend("jax")
-    row["numpy_causal_layer_seconds"] = best_time(
-        lambda: latte_ref.latte_attention(x, params, causal=True), numpy_backend, repeats
+    times = interleaved_times(
+        {
+            "numpy": (numpy_backend, lambda: latte_ref.latte_attention(x, params, causal=True)),
+            "jax": (jax_backend, lambda: peer(x_jax, *weights)),
+        },
+        repeats,
     )
-    row["jax_scan_seconds"] = best_time(lambda: peer(x_jax, *weights), jax_backend, repeats)
+    row["numpy_causal_layer_seconds"], row["jax_scan_seconds"] = times["numpy"], times["jax"]
     row["seconds"] = row["numpy_causal_layer_seconds"]
     return [row]

@@ -15,7 +15,15 @@ __all__ = ["plot_all"]
 
 def _series(rows: list[dict[str, Any]], x: str, y: str, **match: Any) -> tuple[list[float], list[float]]:
     picked = sorted(
-        (r for r in rows if all(r.get(k) == v for k, v in match.items()) and y in r and "sweep" not in r),
+        (
+            r
+            for r in rows
+            if all(r.get(k) == v for k, v in match.items())
+            and y in r
+            and "sweep" not in r
+            # packed rows are their own series: match them by asking for packed=<documents>
+            and ("packed" in r) == ("packed" in match)
+        ),
         key=lambda r: r[x],
     )
     return [r[x] for r in picked], [r[y] for r in picked]
@@ -31,6 +39,10 @@ def plot_all(result: dict[str, Any], output: Path) -> list[Path]:
         for form, style in (("bidirectional", "o-"), ("causal", "s-"), ("recurrent", "^-")):
             xs, ys = _series(rows, "T", "seconds", kind="form", backend=backend, form=form)
             ax.plot(xs, ys, style, label=f"Latte {form}")
+        for form, style in (("bidirectional", "o"), ("causal", "s")):
+            for documents in sorted({r["packed"] for r in rows if "packed" in r and r.get("backend") == backend}):
+                xs, ys = _series(rows, "T", "seconds", kind="form", backend=backend, form=form, packed=documents)
+                ax.plot(xs, ys, style, fillstyle="none", label=f"Latte {form}, {documents} documents packed")
         ax.plot(*_series(rows, "T", "seconds", kind="floor", backend=backend), "k--", label="GEMM floor")
         for is_causal, style in ((False, "x:"), (True, "+:")):
             label = "softmax attention" + (" (causal)" if is_causal else "")

@@ -31,7 +31,11 @@ def tables(result: dict[str, Any]) -> str:
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for n in sorted({r["T"] for r in rows if r.get("backend") == backend and "T" in r and "sweep" not in r}):
-            here = [r for r in rows if r.get("backend") == backend and r.get("T") == n and "sweep" not in r]
+            here = [
+                r
+                for r in rows
+                if r.get("backend") == backend and r.get("T") == n and "sweep" not in r and "packed" not in r
+            ]
             cells = [
                 _pick(here, kind="floor"),
                 _pick(here, kind="form", form="bidirectional"),
@@ -112,11 +116,11 @@ def tables(result: dict[str, Any]) -> str:
             for r in peers
         ]
         lines.append("")
-    lines += ["**targets**", "", "| target | where | bound | measured | met |", "|---|---|---|---:|---|"]
+    lines += ["**targets**", "", "| target | where | bound | measured | verdict |", "|---|---|---|---:|---|"]
     for t in result["targets"]:
         value = "—" if t["measured"] is None else f"{t['measured']:.3g}"
         bound = "" if t["bound"] is None else f"{t['sense']} {t['bound']}"
-        met = {True: "yes", False: "**no**", None: ""}[t["met"]]
+        met = t.get("verdict", {True: "met", False: "NOT met", None: ""}[t["met"]])
         lines.append(f"| {t['target']} | {t['where']} | {bound} | {value} | {met} |")
     return "\n".join(lines)
 

@@ -23,22 +23,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from measurements import (
-    form_row,
-    gemm_floor_row,
-    machine,
-    peer_rows,
-    scan_rows,
-    sizes,
-    softmax_bytes,
-    softmax_row,
-    step_rows,
-)
-from targets import summarise_targets
+from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
+from points import chunk_rows, point_rows
+from targets import summarise_targets, verdict
+from timing import MIN_REPEATS, thread_pools
+from timing import busy as machine_busy
 
 from latte_ref import backends
 
 __all__ = ["Config", "Task", "main", "plan"]
+
+QUICK_WALL_SECONDS = 45.0
+"""How long ``--quick`` may take, its own target (on an idle machine)."""
 
 HELP = "time and peak memory of every form against T, with GEMM-floor and softmax-attention references (JSON + PNG)"
 
@@ -50,7 +46,7 @@ class Config:
     backends: list[str]
     max_tokens: int = 1 << 20
     max_tokens_other: int = 1 << 17  # for backends other than NumPy, and for the recurrent scan
-    repeats: int = 3
+    repeats: int = MIN_REPEATS
     softmax_budget_bytes: int = 6 << 30  # skip standard attention beyond this estimated memory
     chunk_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
     target_tokens: int = 16_384
@@ -73,7 +69,6 @@ class Config:
             recurrent_max_tokens_other=0,
             max_tokens_jax=1024,
             peer_unroll=4,
-            repeats=2,
             softmax_budget_bytes=64 << 20,
             chunk_sizes=(16, 32, 64),
             target_tokens=2048,
@@ -112,53 +107,42 @@ def plan(config: Config) -> Iterator[Task]:
         upto = config.max_tokens if name == "numpy" else config.max_tokens_other
         if name == "jax":
             upto = min(upto, config.max_tokens_jax)
-        for n_tokens in sizes(upto):
-            yield Task(f"{name} floor T={n_tokens}", partial(gemm_floor_row, backend, n_tokens, config.repeats))
-            for form in ("bidirectional", "causal", "recurrent"):
-                # The scan is a Python loop of steps: on other backends each step pays the framework's dispatch.
-                recurrent_upto = config.max_tokens_other if name == "numpy" else config.recurrent_max_tokens_other
-                if form == "recurrent" and n_tokens > recurrent_upto:
-                    continue
-                repeats = 1 if form == "recurrent" else config.repeats
+        # The targets' packed rows are timed with the floor and softmax of their T (eager JAX takes the
+        # per-token form for them: its packed row would say nothing new).
+        packed = config.packed_documents if name != "jax" else None
+        points = sizes(upto)
+        for n_tokens in points:
+            softmax = tuple(c for c in (False, True) if softmax_bytes(name, n_tokens) <= config.softmax_budget_bytes)
+            at_target = n_tokens == config.target_tokens
+            yield Task(
+                f"{name} floor, forms{', packed' if at_target and packed else ''}, softmax T={n_tokens}",
+                partial(
+                    point_rows,
+                    backend,
+                    n_tokens,
+                    config.repeats,
+                    softmax=softmax,
+                    packed=packed if at_target else None,
+                    memory=config.memory,
+                ),
+            )
+            # The scan is a Python loop of steps: on other backends each step pays the framework's dispatch.
+            recurrent_upto = config.max_tokens_other if name == "numpy" else config.recurrent_max_tokens_other
+            if n_tokens <= recurrent_upto:
                 yield Task(
-                    f"{name} {form} T={n_tokens}",
-                    partial(form_row, backend, form, n_tokens, repeats, memory=config.memory),
+                    f"{name} recurrent T={n_tokens}",
+                    partial(form_row, backend, "recurrent", n_tokens, config.repeats, memory=config.memory),
                 )
-            for is_causal in (False, True):
-                if softmax_bytes(name, n_tokens) <= config.softmax_budget_bytes:
-                    yield Task(
-                        f"{name} softmax{' causal' if is_causal else ''} T={n_tokens}",
-                        partial(softmax_row, backend, n_tokens, is_causal, config.repeats),
-                    )
-        if name != "jax":  # eager JAX takes the per-token form: its packed row would say nothing new
-            for form in ("bidirectional", "causal"):
-                yield Task(
-                    f"{name} {form} packed={config.packed_documents} T={config.target_tokens}",
-                    partial(
-                        form_row,
-                        backend,
-                        form,
-                        config.target_tokens,
-                        config.repeats,
-                        memory=False,
-                        packed=config.packed_documents,
-                    ),
-                )
+        if packed and config.target_tokens not in points:
+            yield Task(
+                f"{name} floor, packed T={config.target_tokens}",
+                partial(point_rows, backend, config.target_tokens, config.repeats, softmax=(), packed=packed),
+            )
         if name == "numpy":
-            for chunk_size in config.chunk_sizes:
-                yield Task(
-                    f"numpy causal chunk_size={chunk_size}",
-                    partial(
-                        form_row,
-                        backend,
-                        "causal",
-                        config.target_tokens,
-                        config.repeats,
-                        memory=False,
-                        chunk_size=chunk_size,
-                        sweep="chunk_size",
-                    ),
-                )
+            yield Task(
+                f"numpy causal chunk_size={','.join(map(str, config.chunk_sizes))}",
+                partial(chunk_rows, backend, config.target_tokens, config.chunk_sizes, config.repeats),
+            )
         for context in config.step_contexts:
             yield Task(f"{name} step context={context}", partial(step_rows, backend, context, config.repeats))
         yield Task(
@@ -191,7 +175,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="largest T for other backends and for the recurrent scan (default 131,072)",
     )
-    parser.add_argument("--repeats", type=int, metavar="N", help="timings per point; the minimum is kept")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help=f"interleaved timings per point after a warm-up; the minimum is kept (default {MIN_REPEATS})",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--output", default="bench-results", metavar="DIR", help="where results.json and the plots go")
 
@@ -212,7 +201,7 @@ def configure(args: argparse.Namespace) -> Config:
 
 
 def run(config: Config, output: Path, progress: Callable[[int, int, str, float], None] | None = None) -> dict[str, Any]:
-    """Every task of the plan, writing ``results.json`` after each; the final result, targets included."""
+    """Every task of the plan, writing ``results.json`` after each; the final result, targets and verdicts included."""
     tasks = list(plan(config))
     rows: list[dict[str, Any]] = []
     output.mkdir(parents=True, exist_ok=True)
@@ -226,17 +215,22 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     if progress:
         progress(len(tasks), len(tasks), "done", started)
     the_machine["load_average_at_end"] = list(os.getloadavg())
-    result = _write(output, config, the_machine, rows, started)
+    the_machine["thread_pools"] = thread_pools()  # the frameworks the run imported have theirs by now
+    reason = busy(the_machine)
+    the_machine["busy"] = reason
+    result = _write(output, config, the_machine, rows, started, reason)
     if config.quick:
         wall = result["wall_seconds"]
+        met = wall <= QUICK_WALL_SECONDS
         result["targets"].append(
             {
                 "target": "bench --quick wall time (s)",
                 "where": "whole run",
-                "bound": 45.0,
+                "bound": QUICK_WALL_SECONDS,
                 "sense": "<=",
                 "measured": wall,
-                "met": wall <= 45.0,
+                "met": None if reason else met,
+                "verdict": verdict(met, None, reason),
             }
         )
         (output / "results.json").write_text(json.dumps(result, indent=1, default=str))
@@ -244,23 +238,27 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
 
 
 def busy(the_machine: dict[str, Any]) -> str | None:
-    """A sentence when the 1-minute load average, at the start or the end of the run, says others used the cores."""
+    """``"unreliable: machine busy (...)"`` when the 1-minute load average, before or after the run, is high.
+
+    The thresholds are ``timing.BUSY_LOAD_PER_CORE`` per core beyond the run's own load.
+    """
     cores = the_machine.get("logical_cores") or 1
-    loads = [the_machine["load_average_at_start"][0], the_machine["load_average_at_end"][0]]
-    # The benchmark itself keeps up to all cores busy, so only a load beyond them says someone else was there.
-    if max(loads) > 1.25 * cores:
-        return f"the machine was busy (load average {max(loads):.1f} on {cores} cores)"
-    return None
+    return machine_busy(the_machine["load_average_at_start"][0], the_machine["load_average_at_end"][0], cores)
 
 
 def _write(
-    output: Path, config: Config, the_machine: dict[str, Any], rows: list[dict[str, Any]], started: float
+    output: Path,
+    config: Config,
+    the_machine: dict[str, Any],
+    rows: list[dict[str, Any]],
+    started: float,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     result = {
         "machine": the_machine,
         "config": vars(config),
         "rows": rows,
-        "targets": summarise_targets(rows, config),
+        "targets": summarise_targets(rows, config, reason),
         "wall_seconds": time.perf_counter() - started,
     }
     (output / "results.json").write_text(json.dumps(result, indent=1, default=str))
@@ -283,14 +281,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     result = run(configure(args), output, progress=_progress)
     sys.stderr.write("\n")
     print(f"wrote {output / 'results.json'}")
-    reason = busy(result["machine"])
+    reason = result["machine"]["busy"]
     if reason:
-        print(f"warning: {reason}; timings are noisy, compare only the ratios of one run")
+        print(f"warning: {reason}: no target is called met or missed; rerun on an idle machine")
+    below = [r for r in result["rows"] if r.get("below_floor")]
+    for r in below:
+        print(
+            f"warning: {r['backend']} {r['form']}{' packed' if 'packed' in r else ''} T={r['T']} measured faster than"
+            " its GEMM floor twice, which no form can be: its targets are unreliable"
+        )
     for t in result["targets"]:
         value = "not measured" if t["measured"] is None else f"{t['measured']:.3g}"
-        verdict = {True: "met", False: "NOT met", None: ""}[t["met"]]
         bound = "" if t["bound"] is None else f" (target {t['sense']} {t['bound']})"
-        print(f"  {t['target']} [{t['where']}]: {value}{bound} {verdict}")
+        said = "" if t["verdict"] == "not measured" else f" {t['verdict']}"
+        print(f"  {t['target']} [{t['where']}]: {value}{bound}{said}")
     try:
         import plots
     except ImportError:

@@ -14,16 +14,35 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return None
 
 
-def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
-    return None if a is None or b is None else a["seconds"] / b["seconds"]
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[float | None, str | None]:
+    """a / b, and why it cannot be trusted: a row that measured faster than its GEMM floor twice."""
+    if a is None or b is None:
+        return None, None
+    doubt = (
+        "unreliable: a form measured faster than its GEMM floor"
+        if a.get("below_floor") or b.get("below_floor")
+        else None
+    )
+    return a["seconds"] / b["seconds"], doubt
+
+
+def verdict(met: bool | None, doubt: str | None, busy: str | None) -> str:
+    """What to say of a target: met, NOT met, or why its measurement cannot decide (never both)."""
+    if met is None:
+        return "not measured"
+    return doubt or busy or ("met" if met else "NOT met")
 
 
 def _meets(value: float, sense: str, bound: float) -> bool:
     return {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[sense]
 
 
-def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
-    """The issue's targets, each as a measured ratio (None where the run did not measure it)."""
+def summarise_targets(rows: list[dict[str, Any]], config: Any, busy: str | None = None) -> list[dict[str, Any]]:
+    """The issue's targets, each as a measured ratio (None where the run did not measure it), with its verdict.
+
+    ``busy`` (a sentence, see ``timing.busy``) makes every verdict that sentence instead of met or
+    NOT met; ``met`` is then None too, and ``measured`` stays for the record.
+    """
     n = config.target_tokens
     small, large = config.scaling_tokens
     form = {"kind": "form", "backend": "numpy"}
@@ -126,7 +145,7 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str,
                 f"T={peer['T']}, B=2, d_model=L=128, H=4",
                 3.0,
                 ">=",
-                peer["jax_scan_seconds"] / peer["numpy_causal_layer_seconds"],
+                (peer["jax_scan_seconds"] / peer["numpy_causal_layer_seconds"], None),
             )
         )
     contexts = config.step_contexts
@@ -156,17 +175,20 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str,
             ),
         )
     )
-    out = [
-        {
-            "target": name,
-            "where": where,
-            "bound": bound,
-            "sense": sense,
-            "measured": value,
-            "met": None if value is None else _meets(value, sense, bound),
-        }
-        for name, where, bound, sense, value in targets
-    ]
+    out = []
+    for name, where, bound, sense, (value, doubt) in targets:
+        met = None if value is None else _meets(value, sense, bound)
+        out.append(
+            {
+                "target": name,
+                "where": where,
+                "bound": bound,
+                "sense": sense,
+                "measured": value,
+                "met": None if doubt or busy else met,
+                "verdict": verdict(met, doubt, busy),
+            }
+        )
     biggest = max(
         (
             r
@@ -185,7 +207,8 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str,
                 "bound": 1.0,
                 "sense": "<=",
                 "measured": gb,
-                "met": gb <= 1.0,
+                "met": gb <= 1.0,  # bytes allocated do not depend on the load
+                "verdict": verdict(gb <= 1.0, None, None),
                 "including_inputs_gb": biggest["peak_bytes_including_inputs"] / 1e9,
             }
         )
@@ -200,6 +223,7 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any) -> list[dict[str,
                 "sense": "",
                 "measured": best["chunk_size"],
                 "met": None,
+                "verdict": busy or "",
             }
         )
     return out

@@ -152,13 +152,16 @@ def take_tokens(xp: Any, x: Array, index: Array) -> Array:
 
 
 def finite_or_zero(xp: Any, running_max: Array) -> Array:
-    """The shift used in ``exp(x - shift)``: the running max where it is finite, else 0.
+    """The shift used in ``exp(x - shift)``: the running max where it is finite, 0 where it is ``-inf``, else nan.
 
     The running max of an empty history is ``-inf``. Any finite shift gives the
     same ratios, and 0 keeps ``exp(-inf - shift) = 0`` free of ``-inf - -inf = nan``
-    in both the forward pass and the gradients.
+    in both the forward pass and the gradients. A running max of ``+inf`` (a ``+inf``
+    key) makes every weight in its frame undefined, as ``x - inf`` would; a nan shift
+    says so without evaluating ``inf - inf``, the invalid operation NumPy warns about.
     """
-    return xp.where(running_max == -xp.inf, xp.zeros_like(running_max), running_max)
+    shift = xp.where(running_max == xp.inf, xp.full_like(running_max, xp.nan), running_max)
+    return xp.where(running_max == -xp.inf, xp.zeros_like(running_max), shift)
 
 
 def safe_divide(xp: Any, numerator: Array, denominator: Array) -> Array:

@@ -8,6 +8,7 @@ the library computed nothing while it was called.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from latte_ref.testing.matrix import Case
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; deselected unless --slow")
     config.addinivalue_line("markers", "full_matrix: on JAX and Dask only with --slow (see EXPENSIVE_BACKENDS)")
+    # Without --full, JAX and Dask run the first parametrisation of each test (see pytest_collection_modifyitems).
     try:  # property tests: 200 examples each by default, 2000 with --slow
         from hypothesis import HealthCheck, settings
 
@@ -40,26 +42,83 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--slow", action="store_true", help="run slow tests and more hypothesis examples")
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="the whole matrix, as CI runs it (default: a fast, representative selection)",
+    )
+    parser.addoption("--slow", action="store_true", help="--full, plus slow tests and more hypothesis examples")
 
 
 # JAX compiles every operation anew for each shape, and Dask turns every step into tasks: on them the
 # parametrisations marked `full_matrix` (the larger shapes, chunk size 1) run only with --slow.
 EXPENSIVE_BACKENDS = ("jax", "dask")
 
+# Single tests that take a minute or more on a 2-core machine; the fast selection leaves them to --full.
+FULL_ONLY = (
+    "test_page_code_runs[docs/tutorials/jax.md]",
+    "test_torch_layer_compiles",
+    "test_docstring_examples[latte_ref.layers.flax.LatteAttention]",
+)
+
+
+def _backend_of(item: pytest.Item) -> str | None:
+    params = getattr(item, "callspec", None)
+    if params is None:
+        return None
+    case = params.params.get("case", params.params.get("case64"))
+    if case is not None:
+        return str(case[0].name)
+    named = [v for v in params.params.values() if isinstance(v, str) and v in EXPENSIVE_BACKENDS]
+    return named[0] if named else None
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without --full: on JAX and Dask, the first parametrisation of each test only (every test still runs
+    on every backend, each form included); with --full, all of them; with --slow, the slow ones too."""
     if config.getoption("--slow"):
         return
     skip_slow = pytest.mark.skip(reason="slow; run with --slow")
     skip_full = pytest.mark.skip(reason="larger shapes on JAX and Dask run with --slow")
+    skip_fast = pytest.mark.skip(reason="in the full matrix; run with --full")
+    full = config.getoption("--full")
+    seen: set[tuple[str, str]] = set()
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
-        params = getattr(item, "callspec", None)
-        param = params.params.get("case", params.params.get("case64")) if params else None
-        if "full_matrix" in item.keywords and param is not None and param[0].name in EXPENSIVE_BACKENDS:
+            continue
+        backend = _backend_of(item)
+        if "full_matrix" in item.keywords and backend in EXPENSIVE_BACKENDS:
             item.add_marker(skip_full)
+            continue
+        if full:
+            continue
+        name = item.name if "[" in item.name else item.name + "[]"
+        if name.startswith(FULL_ONLY) or item.name in FULL_ONLY:
+            item.add_marker(skip_fast)
+        elif backend in EXPENSIVE_BACKENDS:
+            key = (f"{item.nodeid.split('[')[0]}", backend)
+            if key in seen:
+                item.add_marker(skip_fast)
+            seen.add(key)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def validate_saves_to_pytests_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The validator's failing cases (planted bugs, the docs' examples) go under pytest's temporary tree.
+
+    Not to the system's temporary folder, where every run would leave its ``.npz`` files;
+    the environment variable reaches the CLI runs in subprocesses too.
+    """
+    from latte_ref.testing.report import SAVE_DIR_VARIABLE
+
+    previous = os.environ.get(SAVE_DIR_VARIABLE)
+    os.environ[SAVE_DIR_VARIABLE] = str(tmp_path_factory.mktemp("latte-validate"))
+    yield
+    if previous is None:
+        del os.environ[SAVE_DIR_VARIABLE]
+    else:
+        os.environ[SAVE_DIR_VARIABLE] = previous
 
 
 @pytest.fixture(params=case_params())

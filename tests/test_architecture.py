@@ -80,3 +80,16 @@ def test_no_module_imports_a_layer_above_its_own(path: Path, module: str) -> Non
     own = layer(module.removeprefix("latte_ref."))
     upward = sorted(m for m in imported(path, module) if layer(m) > own)
     assert not upward, f"{module} (layer {own}) imports {upward} from above it"
+
+
+def test_the_package_shows_only_its_api() -> None:
+    """dir(latte_ref) is __all__, __version__ and the public submodules; every other public attribute is a submodule."""
+    submodules = {"backends", "explain", "layers", "model", "parallel", "segments", "state", "testing"}
+    assert set(dir(latte_ref)) == {*latte_ref.__all__, "__version__", *submodules}
+    assert not {"sys", "annotations", "TYPE_CHECKING", "importlib"} & set(vars(latte_ref))
+    for name in dir(latte_ref):
+        assert getattr(latte_ref, name) is not None, name  # each listed name is reachable
+    stray = {name for name, value in vars(latte_ref).items() if not name.startswith("_") and name not in dir(latte_ref)}
+    assert not stray, f"public names outside the API: {sorted(stray)}"
+    with pytest.raises(AttributeError, match="no attribute 'sys'"):
+        latte_ref.sys  # noqa: B018

@@ -53,3 +53,47 @@ def test_bench_passes_its_options_to_the_script(capfd):
     out = capfd.readouterr().out
     assert "usage: latte-ref bench" in out and "--quick" in out
     assert cli.main(["bench", "--no-such-option"]) == 2
+
+
+def _benchmarks_module(name):
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_a_busy_machine_or_a_form_below_its_floor_gets_no_met_verdict():
+    timing, targets = _benchmarks_module("timing"), _benchmarks_module("targets")
+    assert timing.busy(0.2, 2.5, cores=2) is None  # after the run, its own load (up to 1 per core) is allowed
+    assert timing.busy(1.2, 2.5, cores=2).startswith("unreliable: machine busy")
+    assert timing.busy(0.2, 3.2, cores=2).startswith("unreliable: machine busy")
+
+    class Config:
+        target_tokens, scaling_tokens, packed_documents, step_contexts = 1024, (1024, 2048), 4, (1024, 8192)
+
+    floor = {"kind": "floor", "backend": "numpy", "T": 1024, "seconds": 1.0}
+    causal = {"kind": "form", "backend": "numpy", "form": "causal", "T": 1024, "seconds": 2.0}
+    bidirectional = {**causal, "form": "bidirectional", "seconds": 0.5, "below_floor": True}
+    verdicts = {t["target"]: t for t in targets.summarise_targets([floor, causal, bidirectional], Config())}
+    assert verdicts["causal / GEMM floor"]["verdict"] == "met" and verdicts["causal / GEMM floor"]["met"] is True
+    below = verdicts["bidirectional / GEMM floor"]
+    assert below["verdict"].startswith("unreliable: a form measured faster") and below["met"] is None
+    assert verdicts["numpy: causal / bidirectional"]["verdict"].startswith("unreliable")
+    busy = targets.summarise_targets([floor, causal], Config(), busy="unreliable: machine busy (load 3)")
+    assert {t["verdict"] for t in busy if t["measured"] is not None} == {"unreliable: machine busy (load 3)"}
+
+
+def test_interleaved_timing_takes_the_minimum_of_every_round():
+    from latte_ref import backends
+
+    timing = _benchmarks_module("timing")
+    calls = []
+    numpy = backends.get_backend("numpy")
+    times = timing.interleaved_times(
+        {"a": (numpy, lambda: calls.append("a")), "b": (numpy, lambda: calls.append("b"))}, repeats=5
+    )
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 2 + ["a", "b"]  # a warm-up each, then rotating rounds
+    assert set(times) == {"a", "b"} and all(0 < t < 1 for t in times.values())

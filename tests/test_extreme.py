@@ -233,3 +233,25 @@ def test_no_tokens_gives_an_empty_output(case: Case) -> None:
             np.testing.assert_array_equal(case.numpy(a), case.numpy(b))
     params = latte_ref.init_params(8, 4, 2, xp=case.xp, dtype=case.dtype, device=case.device)
     assert tuple(latte_ref.latte_attention(case.array(np.zeros((3, 0, 8))), params, causal=False).shape) == (3, 0, 8)
+
+
+# NumPy's floating-point warnings only: a huge v is also warned about on purpose (see state.py), not by NumPy.
+@pytest.mark.filterwarnings("error:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("error:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("error:divide by zero encountered:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("where", "value"), [("q", np.nan), ("q", np.inf), ("k", np.nan), ("k", np.inf), ("k", -np.inf), ("v", np.nan)]
+)
+def test_a_non_finite_input_raises_no_numpy_warning(where: str, value: float, rng: np.random.Generator) -> None:
+    """nan and ±inf logits, and nan values, give nan outputs without NumPy's RuntimeWarning.
+
+    No ``inf - inf`` is ever evaluated (see ``finite_or_zero``). An infinite value can still warn: its
+    product with a weight that underflowed to 0 is ``0 * inf`` inside a matrix product.
+    """
+    q, k, v = (rng.normal(size=(2, 17, 2, d)) for d in (3, 3, 4))
+    inputs = {"q": q, "k": k, "v": v}
+    inputs[where][1, POISON_AT, 1, 0] = value
+    for name, (y, _) in _all_forms(*inputs.values()).items():
+        assert np.all(np.isfinite(y[0])), f"{name}: the clean batch row is not finite"
+        if value != -np.inf:
+            assert not np.all(np.isfinite(y[1, POISON_AT])), f"{name} {where}={value}: reads as finite"

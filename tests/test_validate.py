@@ -239,8 +239,16 @@ def _pytest(tmp_path, *args):
 def test_pytest_plugin_runs_the_suite_as_tests(tmp_path):
     good = _pytest(tmp_path, "--latte-impl", "latte_ref:causal", "--latte-with-mask", "-k", "t1 or mask_left")
     assert good.returncode == 0 and "2 passed" in good.stdout, good.stdout
-    bad = _pytest(tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37")
+    bad = _pytest(tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37", "--basetemp", "scratch")
     assert bad.returncode == 1 and "1 failed" in bad.stdout and "reproduce: latte-ref validate" in bad.stdout
+    # The failing case's inputs go to pytest's temporary tree, not the system's temporary folder.
+    assert [p.name for p in (tmp_path / "scratch" / "latte-conformance").glob("*.npz")], bad.stdout
+    assert f"its inputs: {tmp_path / 'scratch' / 'latte-conformance'}" in bad.stdout
+
+
+def test_pytest_plugin_saves_where_latte_save_dir_says(tmp_path):
+    bad = _pytest(tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37", "--latte-save-dir", "out")
+    assert bad.returncode == 1 and len(list((tmp_path / "out").glob("*.npz"))) == 1, bad.stdout
 
 
 def test_pytest_plugin_is_inert_without_latte_impl(tmp_path):

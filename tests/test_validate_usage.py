@@ -51,6 +51,19 @@ def test_bad_options_are_usage_errors_too(args, capsys):
         validate(latte_ref.causal, form="causal", logit_scale="sqrt")
 
 
+@pytest.mark.parametrize(("name", "guess"), [("pytorch", "torch"), ("nunpy", "numpy"), ("strict", "array_api_strict")])
+@pytest.mark.parametrize("command", [["check"], ["validate", "latte_ref:causal", "--form", "causal"]])
+def test_a_misnamed_backend_gets_a_did_you_mean(command, name, guess, capsys):
+    try:
+        status = cli.main([*command, "--backend", name])
+    except SystemExit as exc:  # an argparse error in check's own options
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert f"unknown backend {name!r} (did you mean {guess!r}?)" in err, err
+    assert len(err.splitlines()) <= 3 and "Traceback" not in err, err
+
+
 def _pytest(tmp_path, *args):
     env = {**os.environ, "PYTHONPATH": HERE}
     return subprocess.run(

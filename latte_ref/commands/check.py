@@ -67,8 +67,16 @@ class Row:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    parser.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    parser.add_argument("--backend", action="append", type=backend_name, help="only this backend (repeatable)")
     parser.add_argument("--seq-len", type=int, default=41, help="tokens per sequence (default: 41, a prime)")
+
+
+def backend_name(name: str) -> str:
+    """A known backend's name, for argparse: an unknown one is a usage error with a "did you mean"."""
+    try:
+        return backends.get_backend(name).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def make_inputs(seq_len: int, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -67,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="suite seed (default: 0)")
     parser.add_argument("--case", action="append", metavar="NAME", help="run only this case (repeatable)")
     parser.add_argument(
-        "--save-dir", metavar="DIR", help="where a failing worst case's inputs go (default: the temporary directory)"
+        "--save-dir",
+        metavar="DIR",
+        help="where a failing worst case's inputs go (default: $LATTE_REF_SAVE_DIR, else the temporary directory)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     parser.add_argument("--traceback", action="store_true", help="print the full traceback of a candidate that raises")

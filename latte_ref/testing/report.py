@@ -14,6 +14,7 @@ import numpy as np
 from .tolerance import Tolerance
 
 __all__ = [
+    "SAVE_DIR_VARIABLE",
     "CaseResult",
     "Report",
     "ValidationError",
@@ -22,6 +23,9 @@ __all__ = [
     "save_worst",
     "shape_label",
 ]
+
+SAVE_DIR_VARIABLE = "LATTE_REF_SAVE_DIR"
+"""The environment variable naming where a failing run's worst case goes when no ``save_dir`` is given."""
 
 
 class ValidationError(AssertionError):
@@ -207,8 +211,13 @@ class Report:
 
 
 def save_worst(worst: CaseResult, arrays: dict[str, np.ndarray], settings: dict[str, Any], save_dir: Any) -> str:
-    """Write the worst case's arrays and the settings to an ``.npz`` in ``save_dir`` (or the temporary directory)."""
-    directory = tempfile.gettempdir() if save_dir is None else os.fspath(save_dir)
+    """Write the worst case's arrays and the settings to an ``.npz`` in ``save_dir``.
+
+    Without ``save_dir``: the folder ``LATTE_REF_SAVE_DIR`` names, else the system's temporary directory.
+    """
+    if save_dir is None:
+        save_dir = os.environ.get(SAVE_DIR_VARIABLE) or tempfile.gettempdir()
+    directory = os.fspath(save_dir)
     os.makedirs(directory, exist_ok=True)
     candidate = re.sub(r"[^A-Za-z0-9_.]+", "_", settings["candidate"]).strip("_")
     name = f"latte-validate-{candidate}-{settings['form']}-{settings['dtype']}-{worst.name}-seed{settings['seed']}.npz"

@@ -97,8 +97,9 @@ def validate(
     cases : list of str, optional
         Only these cases (see :func:`latte_ref.testing.case_names`).
     save_dir : path, optional
-        Where the worst failing case's inputs are written (the system's temporary directory by
-        default); nothing is written when every case passes.
+        Where the worst failing case's inputs are written (by default the folder the environment
+        variable ``LATTE_REF_SAVE_DIR`` names, else the system's temporary directory); nothing is
+        written when every case passes.
     logit_scale : float or "inv_sqrt_l", optional
         For implementations that scale the logits: the reference becomes Latte(s·q, s·k, v),
         with ``s`` this number or, for ``"inv_sqrt_l"``, 1/√L (L the latents per head).

@@ -1,0 +1,145 @@
+"""How the benchmark suite times: interleaved repeats, quiet neighbours, and when a verdict can be trusted.
+
+A ratio of two timings says something only when both were taken under the same
+conditions. So the functions a target compares are timed together, round by round
+(each round calls every one of them once, in a rotating order), and each keeps the
+minimum of its rounds after a discarded warm-up; while one library runs, the thread
+pools of the others (OpenBLAS of NumPy, the OpenMP of PyTorch, ...) are held to one
+thread through threadpoolctl, so that their idle spinning does not take the cores.
+The 1-minute load average, taken before and after the run, says whether someone else
+was using the machine: then no target is called met or missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "BUSY_LOAD_PER_CORE",
+    "MIN_REPEATS",
+    "best_time",
+    "busy",
+    "interleaved_times",
+    "numpy_peak_bytes",
+    "quiet_others",
+    "thread_pools",
+]
+
+MIN_REPEATS = 5
+"""Timed rounds per measurement by default (after the warm-up); ``--repeats`` may ask for fewer, for smoke runs."""
+
+BUSY_LOAD_PER_CORE = 0.5
+"""Load beyond the run's own, per logical core, from which a run's verdicts are "unreliable: machine busy".
+
+Before the run the whole 1-minute load average is someone else's. After it, the run itself
+accounts for up to 1 per core (the libraries use every core), so the bound there is 1 + this.
+"""
+
+SLOW_CALL_SECONDS = 20.0
+"""A warm-up call this long is its own measurement: repeating it would cost minutes."""
+
+
+def interleaved_times(functions: dict[str, tuple[Any, Callable[[], Any]]], repeats: int) -> dict[str, float]:
+    """The minimum wall time of each function over ``repeats`` interleaved rounds, after one warm-up call each.
+
+    ``functions`` maps a name to ``(backend, fn)``: ``backend.synchronize`` waits for the
+    result, and the other libraries' thread pools are quiet while ``fn`` runs. Round r calls
+    the functions in the order rotated by r, so none is always first after another's work.
+    """
+    names = list(functions)
+    best = dict.fromkeys(names, math.inf)
+    for name in names:  # the warm-up: compilation, first-touch page faults, caches
+        seconds = _timed(*functions[name])
+        if seconds > SLOW_CALL_SECONDS:
+            best[name] = seconds
+    rounds = [name for name in names if best[name] == math.inf]
+    for r in range(max(repeats, 1)):
+        for i in range(len(rounds)):
+            name = rounds[(i + r) % len(rounds)]
+            best[name] = min(best[name], _timed(*functions[name]))
+    return best
+
+
+def best_time(fn: Callable[[], Any], backend: Any, repeats: int) -> float:
+    """Minimum wall time of ``repeats`` calls of ``fn`` alone, after one discarded warm-up call."""
+    return interleaved_times({"fn": (backend, fn)}, repeats)["fn"]
+
+
+def _timed(backend: Any, fn: Callable[[], Any]) -> float:
+    with quiet_others(backend.name):
+        start = time.perf_counter()
+        backend.synchronize(fn())
+        return time.perf_counter() - start
+
+
+# The folder in a shared library's path that says which Python package shipped it.
+_OWNERS = {"numpy": ("numpy",), "torch": ("torch",), "jax": ("jax", "jaxlib"), "cupy": ("cupy",), "dask": ("numpy",)}
+
+
+def _owned_by(filepath: str, library: str) -> bool:
+    parts = os.path.normpath(filepath).split(os.sep)
+    packages = _OWNERS.get(library, (library,))
+    return any(part == p or part == f"{p}.libs" or part.startswith(f"{p}_") for part in parts for p in packages)
+
+
+@contextlib.contextmanager
+def quiet_others(library: str) -> Iterator[None]:
+    """Hold every thread pool not shipped with ``library`` to one thread (nothing without threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        yield
+        return
+    controller = ThreadpoolController()
+    others = [c.filepath for c in controller.lib_controllers if not _owned_by(c.filepath, library)]
+    if not others:
+        yield
+        return
+    with controller.select(filepath=others).limit(limits=1):
+        yield
+
+
+def thread_pools() -> list[dict[str, Any]]:
+    """The native thread pools loaded in this process, for the record (empty without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "num_threads", "version")
+    return [
+        {**{k: pool.get(k) for k in keys}, "file": os.path.basename(pool["filepath"])} for pool in threadpool_info()
+    ]
+
+
+def busy(load_before: float, load_after: float, cores: int) -> str | None:
+    """``"unreliable: machine busy (...)"`` when the 1-minute load says others used the cores; else None."""
+    cores = max(cores, 1)
+    before, after = load_before / cores, load_after / cores
+    if before > BUSY_LOAD_PER_CORE or after > 1 + BUSY_LOAD_PER_CORE:
+        return (
+            f"unreliable: machine busy (load average {load_before:.1f} before, {load_after:.1f} after, {cores} cores)"
+        )
+    return None
+
+
+def numpy_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes NumPy allocated during ``fn()`` beyond what was live before (inputs excluded).
+
+    NumPy reports its buffers to :mod:`tracemalloc`, so this is exact for NumPy arrays.
+    """
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base, _ = tracemalloc.get_traced_memory()
+    result = fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del result
+    return peak - base
