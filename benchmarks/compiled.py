@@ -18,12 +18,13 @@ import time
 from typing import Any
 
 import numpy as np
-from measurements import PEER_SETTING, best_time, random_inputs, scan_latte_layer
+from measurements import PEER_SETTING, random_inputs, scan_latte_layer
+from timing import interleaved_times
 
 import latte_ref
 from latte_ref import backends
 
-__all__ = ["jax_form_rows", "jax_peer_rows", "torch_compile_rows"]
+__all__ = ["compiled_targets", "jax_form_rows", "jax_peer_rows", "torch_compile_rows"]
 
 
 def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, Any]]:
@@ -54,8 +55,11 @@ def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[s
         row["error"] = f"the peer disagrees with latte_ref: relative error {row['relative_error']:.2e}; not timed"
         return [row]
     jax_backend = backends.get_backend("jax")
-    row["jax_causal_layer_jit_seconds"] = best_time(lambda: ours(x_jax, params_jax), jax_backend, repeats)
-    row["jax_scan_seconds"] = best_time(lambda: peer(x_jax, *weights), jax_backend, repeats)
+    times = interleaved_times(
+        {"ours": (jax_backend, lambda: ours(x_jax, params_jax)), "peer": (jax_backend, lambda: peer(x_jax, *weights))},
+        repeats,
+    )
+    row["jax_causal_layer_jit_seconds"], row["jax_scan_seconds"] = times["ours"], times["peer"]
     row["seconds"] = row["jax_causal_layer_jit_seconds"]
     return [row]
 
@@ -66,20 +70,18 @@ def jax_form_rows(n_tokens: int, repeats: int) -> list[dict[str, Any]]:
 
     backend = backends.get_backend("jax")
     q, k, v = (backend.asarray(a, dtype="float32") for a in random_inputs(n_tokens))
-    rows = []
-    for form in ("causal", "bidirectional"):
-        fn = jax.jit(getattr(latte_ref, form))
-        seconds = best_time(lambda fn=fn: fn(q, k, v), backend, repeats)
-        rows.append({"kind": "jit_form", "backend": "jax", "form": form, "T": n_tokens, "seconds": seconds})
-    return rows
+    compiled = {form: jax.jit(getattr(latte_ref, form)) for form in ("causal", "bidirectional")}
+    times = interleaved_times({form: (backend, lambda fn=fn: fn(q, k, v)) for form, fn in compiled.items()}, repeats)
+    return [{"kind": "jit_form", "backend": "jax", "form": f, "T": n_tokens, "seconds": t} for f, t in times.items()]
 
 
 def torch_compile_rows(lengths: tuple[int, int], repeats: int) -> list[dict[str, Any]]:
     """A training step of the causal torch layer (B = 2, d_model = L = 128, H = 4), eager and compiled.
 
-    The layer is compiled with ``fullgraph=True`` (a graph break is an error) and
-    ``dynamic=True``, so that the second length reuses the first graph's code where
-    the shapes allow; the rows record the first call's time (the compile) at each length.
+    The layer is compiled with ``fullgraph=True`` (a graph break is an error) and static
+    shapes: ``torch.cond`` (the factored or per-token choice) rejects the strides that a
+    symbolic number of chunks gives its branches' outputs, so each new T compiles anew.
+    The rows record the first call's time (the compile) at each length.
     """
     import torch
 
@@ -103,8 +105,10 @@ def torch_compile_rows(lengths: tuple[int, int], repeats: int) -> list[dict[str,
         start = time.perf_counter()
         train_step(compiled)
         compile_seconds = time.perf_counter() - start
-        eager = best_time(train_step, backend, repeats)
-        fast = best_time(lambda x=x: train_step(compiled, x), backend, repeats)
+        times = interleaved_times(
+            {"eager": (backend, train_step), "compiled": (backend, lambda x=x: train_step(compiled, x))}, repeats
+        )
+        eager, fast = times["eager"], times["compiled"]
         error = float((compiled(x) - layer(x)).abs().max() / layer(x).abs().max())
         rows.append(
             {
@@ -119,3 +123,35 @@ def torch_compile_rows(lengths: tuple[int, int], repeats: int) -> list[dict[str,
             }
         )
     return rows
+
+
+def compiled_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, str, float | None]]:
+    """The compiled-speed targets from the rows above: (target, where, bound, sense, measured)."""
+    targets: list[tuple[str, str, float, str, float | None]] = []
+    peers = sorted((r for r in rows if r.get("kind") == "jax_peer" and "jax_scan_seconds" in r), key=lambda r: r["T"])
+    for row in peers:
+        bound = 3.0 if row["T"] >= 16_384 else 2.0
+        targets.append(
+            (
+                "authors' scan (JAX, jit) / JAX jit causal layer",
+                f"T={row['T']}, B=2, d_model=L=128, H=4",
+                bound,
+                ">=",
+                row["jax_scan_seconds"] / row["jax_causal_layer_jit_seconds"],
+            )
+        )
+    jit = {r["form"]: r for r in rows if r.get("kind") == "jit_form"}
+    if len(jit) == 2:
+        where = f"T={jit['causal']['T']}"
+        ratio = jit["causal"]["seconds"] / jit["bidirectional"]["seconds"]
+        targets.append(("jax jit: causal / bidirectional", where, 4.0, "<=", ratio))
+    compiled = sorted((r for r in rows if r.get("kind") == "torch_compile"), key=lambda r: r["T"])
+    if compiled:
+        first, *others = compiled
+        targets.append(("torch.compile: first compile (s)", f"T={first['T']}", 30.0, "<=", first["first_call_seconds"]))
+        for row in others:
+            targets.append(("torch.compile: a new T (s)", f"T={row['T']}", 15.0, "<=", row["first_call_seconds"]))
+        for row in compiled:
+            ratio = row["compiled_step_seconds"] / row["eager_step_seconds"]
+            targets.append(("torch.compile: compiled / eager training step", f"T={row['T']}", 1.0, "<=", ratio))
+    return targets

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from compiled import jax_form_rows, jax_peer_rows, torch_compile_rows
 from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
 from points import chunk_rows, point_rows
 from targets import summarise_targets, verdict
@@ -59,6 +60,7 @@ class Config:
     packed_documents: int = 64  # documents of random lengths packed in one row of target_tokens
     memory: bool = True
     quick: bool = False
+    compiled: bool = False  # torch.compile rows: minutes of compiling
 
     @classmethod
     def quick_config(cls, backends: list[str]) -> Config:
@@ -155,6 +157,19 @@ def plan(config: Config) -> Iterator[Task]:
                 f"authors' scan (jax) vs numpy layer T={n_tokens}",
                 partial(peer_rows, n_tokens, config.repeats, config.peer_unroll),
             )
+    if "jax" in config.backends:
+        for n_tokens in config.peer_tokens:
+            yield Task(
+                f"jax jit causal layer vs authors' scan T={n_tokens}",
+                partial(jax_peer_rows, n_tokens, config.repeats, config.peer_unroll),
+            )
+        yield Task(
+            f"jax jit causal, bidirectional T={config.target_tokens}",
+            partial(jax_form_rows, config.target_tokens, config.repeats),
+        )
+    if config.compiled and "torch" in config.backends:
+        lengths = (config.target_tokens // 8, config.target_tokens // 4)
+        yield Task(f"torch.compile causal layer T={lengths}", partial(torch_compile_rows, lengths, config.repeats))
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -182,6 +197,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"interleaved timings per point after a warm-up; the minimum is kept (default {MIN_REPEATS})",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument(
+        "--compiled", action="store_true", help="also time the causal torch layer under torch.compile (minutes)"
+    )
     parser.add_argument("--output", default="bench-results", metavar="DIR", help="where results.json and the plots go")
 
 
@@ -197,6 +215,7 @@ def configure(args: argparse.Namespace) -> Config:
     if args.repeats is not None:
         config.repeats = args.repeats
     config.memory = not args.no_memory
+    config.compiled = args.compiled
     return config
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from compiled import compiled_targets
+
 __all__ = ["summarise_targets"]
 
 
@@ -174,6 +176,9 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any, busy: str | None 
                 _find(rows, **step, method="latte_step", context=mid),
             ),
         )
+    )
+    targets.extend(
+        (name, where, bound, sense, (value, None)) for name, where, bound, sense, value in compiled_targets(rows)
     )
     out = []
     for name, where, bound, sense, (value, doubt) in targets:
