@@ -30,6 +30,7 @@ __all__ = [
     "describe_exception",
     "load_candidate",
     "other_backend_hint",
+    "other_layout_hint",
 ]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,6 +170,14 @@ def other_backend_hint(backend: str, frameworks: set[str]) -> str:
     if not others or backend in frameworks:
         return ""
     return f"its code looks written for {' or '.join(others)} arrays, not {backend}: try --backend {others[0]}"
+
+
+def other_layout_hint(layout: str, passing: list[str]) -> str:
+    """A suggestion of the other ``--layout`` when these failing cases pass with the T and H axes swapped."""
+    other = "BHTD" if layout == "BTHD" else "BTHD"
+    axes = "(..., H, T, L)" if other == "BHTD" else "(..., T, H, L)"
+    cases = ", ".join(passing)
+    return f"{cases} pass with the T and H axes swapped: its code looks written for {axes} arrays: try --layout {other}"
 
 
 def backend_name_of(x: Any) -> str | None:

@@ -87,12 +87,16 @@ class CaseResult:
 
 @dataclass
 class Report:
-    """The outcome of :func:`validate`: one :class:`CaseResult` per case and the worst case's reproduction."""
+    """The outcome of :func:`validate`: one :class:`CaseResult` per case and the worst case's reproduction.
+
+    ``layout_hint`` says ``try --layout X`` when the failing cases pass in the other layout.
+    """
 
     settings: dict[str, Any]
     results: list[CaseResult] = field(default_factory=list)
     worst_npz: str | None = None
     reproduce: str | None = None
+    layout_hint: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -174,6 +178,8 @@ class Report:
 
     def __str__(self) -> str:
         lines = [self.header(), self.table(), self.summary()]
+        if self.layout_hint:
+            lines.append(f"hint: {self.layout_hint}")
         worst = self.worst
         if worst is not None and not self.passed:
             lines.append(f"worst case: {worst.name} ({worst.ratio:.3g} x its tolerance)")
@@ -207,6 +213,7 @@ class Report:
             "worst": None if worst is None else worst.name,
             "worst_npz": self.worst_npz,
             "reproduce": self.reproduce,
+            "layout_hint": self.layout_hint,
         }
 
 

@@ -20,10 +20,11 @@ from .candidate import (
     describe_exception,
     load_candidate,
     other_backend_hint,
+    other_layout_hint,
 )
 from .cases import ValidationCase, case_rng, generate_cases, make_case, skipped_cases
 from .gradients import compare_gradients, readout_weights
-from .options import check_arguments, fed_q_shape, jax_x64_for, resolve_logit_scale, with_batch_axes
+from .options import LAYOUTS, check_arguments, fed_q_shape, jax_x64_for, resolve_logit_scale, with_batch_axes
 from .report import CaseResult, Report, ValidationError, first_mismatch, reproduce_command, save_worst, shape_label
 from .tolerance import FIXED_TOLERANCES, NOT_RUN, errors, fixed_tolerance, relative_to_baseline
 
@@ -41,6 +42,9 @@ __all__ = [
 
 DEFINITION_MAX_T = 256
 """Up to this length the reference is the O(T²) definition; beyond, the float64 fast forms (tested against it)."""
+
+LAYOUT_RETRIES = 3
+"""How many failing cases, the smallest, a failing run reruns in the other layout to look for a layout mix-up."""
 
 
 def validate(
@@ -126,7 +130,8 @@ def validate(
     Report
         ``report.passed``, ``report.results`` (one row per case), ``report.worst``,
         ``report.worst_npz`` and ``report.reproduce`` (a command line; both None when every
-        case passes).
+        case passes), and ``report.layout_hint`` (``"... try --layout BHTD"`` when the smallest
+        failing cases pass with the T and H axes swapped, else None; never tried on a pass).
 
     Examples
     --------
@@ -179,6 +184,10 @@ def validate(
             )
             report.results.append(result)
             artifacts[case.name] = arrays
+        if not report.passed and form != "step":  # a passing run pays nothing for the hint
+            options = {"form": form, "backend": chosen, "device": resolved_device, "dtype": dtype, "grad": False}
+            options.update(with_mask=with_mask, with_state=with_state, logit_scale=logit_scale, batch_axes=batch_axes)
+            report.layout_hint = _layout_hint(function, suite, report, layout, options)
     if cases is None:  # a case left out for want of an argument is a row saying so, never nothing
         skipped = skipped_cases(form, with_mask=with_mask, with_state=with_state, with_segments=with_segments)
         report.results += [skipped_row(make_case(n, form, seed=seed), why, batch_axes) for n, why in skipped.items()]
@@ -302,6 +311,22 @@ def run_case(
         arrays.update({f"{n}_expected": g for n, g in zip(("dq", "dk", "dv"), check.expected, strict=False)})
         arrays.update({f"{n}_actual": g for n, g in zip(("dq", "dk", "dv"), check.actual, strict=False)})
     return result, arrays
+
+
+def _layout_hint(
+    candidate: Callable[..., Any], suite: list[ValidationCase], report: Report, layout: str, options: dict[str, Any]
+) -> str | None:
+    """``try --layout X`` when the smallest cases whose output failed all pass with the T and H axes swapped.
+
+    A (..., T, H, L) kernel fed (..., H, T, L) reads H tokens of T heads, and fails every case
+    but by chance; fed its own layout, a correct one passes. The gradients are not rerun.
+    """
+    forward_failed = {r.name for r in report.run if r.note or not r.tolerance.passes(r.rel_rms, r.max_abs)}
+    retried = sorted((c for c in suite if c.name in forward_failed), key=lambda c: c.q.size)[:LAYOUT_RETRIES]
+    other = next(name for name in LAYOUTS if name != layout)
+    if not retried or not all(run_case(candidate, c, layout=other, **options)[0].passed for c in retried):
+        return None
+    return other_layout_hint(layout, [c.name for c in retried])
 
 
 def skipped_row(case: ValidationCase, why: str, batch_axes: int | None = None) -> CaseResult:
