@@ -96,6 +96,15 @@ class Backend:
         """Wait until ``x`` is computed (for timing); returns ``x`` (Dask: the computed array)."""
         return x
 
+    # -- autograd, for latte_ref.testing's gradient checks ---------------------------------
+    def vjp(self, function: Any, arrays: tuple[Any, ...], cotangent: np.ndarray, *, jit: bool = False) -> tuple:
+        """The gradients of ``sum(function(*arrays) * cotangent)`` with respect to each array.
+
+        An array that the output does not depend on through autograd gets ``None``. ``jit``:
+        compile forward and backward as one function where the framework can (JAX).
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no autograd")
+
     # -- what the core asks of a framework (through latte_ref._dispatch) -------------------
     def stop_gradient(self, x: Any) -> Any:
         """``x`` with no gradient flowing back through it; arrays without autograd are returned as they are."""

@@ -78,6 +78,15 @@ class JaxBackend(Backend):
 
         return jax.lax.stop_gradient(x)
 
+    def vjp(self, function: Any, arrays: tuple[Any, ...], cotangent: np.ndarray, *, jit: bool = False) -> tuple:
+        import jax
+
+        def pull(*arrays: Any) -> Any:
+            y, pullback = jax.vjp(function, *arrays)
+            return pullback(jax.numpy.asarray(cotangent, dtype=y.dtype))
+
+        return tuple((jax.jit(pull) if jit else pull)(*arrays))
+
     def cond(self, pred: Any, if_true: Any, if_false: Any, operands: tuple[Any, ...]) -> Any:
         """``jax.lax.cond`` on a traced ``pred`` (under ``jit``), a Python ``if`` on a concrete one."""
         import jax

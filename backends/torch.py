@@ -37,6 +37,18 @@ class TorchBackend(Backend):
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
 
+    def vjp(self, function: Any, arrays: tuple[Any, ...], cotangent: np.ndarray, *, jit: bool = False) -> tuple:
+        torch = self.framework()
+        leaves = [a.detach().clone().requires_grad_(True) for a in arrays]
+        with torch.enable_grad():
+            y = function(*leaves)
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"returned a {type(y).__module__}.{type(y).__name__}, not a torch.Tensor")
+            if not y.requires_grad:  # every input detached: nothing flows back
+                return (None,) * len(leaves)
+            weights = torch.as_tensor(np.asarray(cotangent)).to(device=y.device, dtype=y.dtype)
+            return tuple(torch.autograd.grad(y, leaves, grad_outputs=weights, allow_unused=True))
+
     def exact_arithmetic(self, x: Any) -> contextlib.AbstractContextManager[None]:
         """Autocast off for ``x``'s device type, where it is on: the forms choose their own computation dtype."""
         import torch  # a plain import, which torch.compile traces (importlib's it does not)

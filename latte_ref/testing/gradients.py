@@ -91,39 +91,12 @@ def gradients(
         raise ValueError(f"backend {backend.name!r} has no autograd; gradients need one of {AUTOGRAD_BACKENDS}")
     with _x64_for(backend, dtype):
         q, k, v = (backend.asarray(a, dtype=dtype, device=device) for a in inputs)
-        if backend.name == "torch":
-            found = _torch_vjp(function, (q, k, v), weights)
-        else:
-            found = _jax_vjp(function, (q, k, v), weights, jit)
+        found = backend.vjp(function, (q, k, v), weights, jit=jit)
         grads = tuple(
             np.zeros(a.shape) if g is None else np.asarray(backend.to_numpy(g), dtype=np.float64)
             for a, g in zip(inputs, found, strict=True)
         )
     return grads[0], grads[1], grads[2]
-
-
-def _torch_vjp(function: Callable[..., Any], qkv: tuple[Any, ...], weights: np.ndarray) -> tuple[Any, ...]:
-    import torch
-
-    leaves = [a.detach().clone().requires_grad_(True) for a in qkv]
-    with torch.enable_grad():
-        y = function(*leaves)
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"returned a {type(y).__module__}.{type(y).__name__}, not a torch.Tensor")
-        if not y.requires_grad:  # every input detached: nothing flows back
-            return (None, None, None)
-        cotangent = torch.as_tensor(np.asarray(weights)).to(device=y.device, dtype=y.dtype)
-        return tuple(torch.autograd.grad(y, leaves, grad_outputs=cotangent, allow_unused=True))
-
-
-def _jax_vjp(function: Callable[..., Any], qkv: tuple[Any, ...], weights: np.ndarray, jit: bool) -> tuple[Any, ...]:
-    import jax
-
-    def pull(q: Any, k: Any, v: Any) -> Any:
-        y, pullback = jax.vjp(function, q, k, v)
-        return pullback(jax.numpy.asarray(weights, dtype=y.dtype))
-
-    return tuple((jax.jit(pull) if jit else pull)(*qkv))
 
 
 @contextlib.contextmanager
