@@ -12,8 +12,8 @@ is one number, :func:`gradient_error`: the largest ``max |g - g_ref|`` of the th
 relative to the largest ``max |g_ref|`` of the three (the gradients of q and k vanish
 where p(l | t) or p(s | l) is one-hot, so each alone can be 0).
 
-Only PyTorch (``torch.autograd``) and JAX (``jax.vjp``) have autograd; the frameworks are
-imported inside the functions, so importing this module imports neither.
+Only PyTorch (``torch.autograd``) and JAX (``jax.vjp``) have autograd; each backend's adapter
+(``vjp``) reaches it, so this module imports no framework.
 """
 
 from __future__ import annotations
