@@ -33,7 +33,7 @@ def plot_all(result: dict[str, Any], output: Path) -> list[Path]:
     """Write time-vs-T, memory-vs-T and step-vs-context plots; return their paths."""
     rows = result["rows"]
     written = []
-    backends = sorted({r["backend"] for r in rows if "backend" in r})
+    backends = sorted({r["backend"] for r in rows if r.get("kind") == "form"})  # the backends whose forms were timed
     for backend in backends:
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
         for form, style in (("bidirectional", "o-"), ("causal", "s-"), ("recurrent", "^-")):

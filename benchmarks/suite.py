@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from compiled import jax_form_rows, jax_peer_rows, torch_compile_rows
+from hf_rows import generation_rows
 from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
 from points import chunk_rows, point_rows
 from targets import summarise_targets, verdict
@@ -61,6 +62,7 @@ class Config:
     memory: bool = True
     quick: bool = False
     compiled: bool = False  # torch.compile rows: minutes of compiling
+    generation: tuple[int, ...] = ()  # prompt lengths of the Hugging Face generation rows (none by default)
 
     @classmethod
     def quick_config(cls, backends: list[str]) -> Config:
@@ -170,6 +172,8 @@ def plan(config: Config) -> Iterator[Task]:
     if config.compiled and "torch" in config.backends:
         lengths = (config.target_tokens // 8, config.target_tokens // 4)
         yield Task(f"torch.compile causal layer T={lengths}", partial(torch_compile_rows, lengths, config.repeats))
+    if config.generation:
+        yield Task(f"HF Llama generation, prompts {config.generation}", partial(generation_rows, config.generation, 3))
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -200,6 +204,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compiled", action="store_true", help="also time the causal torch layer under torch.compile (minutes)"
     )
+    parser.add_argument(
+        "--generation",
+        nargs="*",
+        type=int,
+        metavar="PROMPT",
+        help="also time generation in a small Hugging Face Llama, SDPA against Latte, at these prompt lengths"
+        " (default 1024 4096 16384 65536; minutes)",
+    )
     parser.add_argument("--output", default="bench-results", metavar="DIR", help="where results.json and the plots go")
 
 
@@ -216,6 +228,8 @@ def configure(args: argparse.Namespace) -> Config:
         config.repeats = args.repeats
     config.memory = not args.no_memory
     config.compiled = args.compiled
+    if args.generation is not None:
+        config.generation = tuple(args.generation) or (1024, 4096, 16_384, 65_536)
     return config
 
 

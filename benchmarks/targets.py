@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from compiled import compiled_targets
+from hf_rows import generation_targets
 
 __all__ = ["summarise_targets"]
 
@@ -177,9 +178,8 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any, busy: str | None 
             ),
         )
     )
-    targets.extend(
-        (name, where, bound, sense, (value, None)) for name, where, bound, sense, value in compiled_targets(rows)
-    )
+    for name, where, bound, sense, value in [*compiled_targets(rows), *generation_targets(rows)]:
+        targets.append((name, where, bound, sense, (value, None)))
     out = []
     for name, where, bound, sense, (value, doubt) in targets:
         met = None if value is None else _meets(value, sense, bound)
