@@ -39,6 +39,15 @@ def pytest_configure(config: pytest.Config) -> None:
         jax.config.update("jax_enable_x64", True)
     except ImportError:
         pass
+    else:
+        # Eager JAX compiles each operation anew for each shape (about 30 ms an operation on CPU, 2 s for a
+        # first causal call): a compilation cache in pytest's cache folder lets the workers of one run, and
+        # later runs, share those compilations. With `-p no:cacheprovider` the suite runs without it.
+        cache = getattr(config, "cache", None)
+        if cache is not None:
+            jax.config.update("jax_compilation_cache_dir", str(cache.mkdir("jax-compilation-cache")))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,6 +68,14 @@ FULL_ONLY = (
     "test_page_code_runs[docs/tutorials/jax.md]",
     "test_torch_layer_compiles",
     "test_docstring_examples[latte_ref.layers.flax.LatteAttention]",
+    # eager JAX compiles each operation for each document length: 97 s for the causal form alone
+    "test_packed_gradients_equal_those_of_the_documents[causal-jax]",
+    "test_packed_gradients_equal_those_of_the_documents[recurrent-jax]",
+    "test_packed_gradients_equal_those_of_the_documents[bidirectional-jax]",
+    "test_on_four_cpu_devices",  # a second pytest process with four JAX CPU devices: about a minute
+    # 20 to 30 s each on eager JAX (new shapes for every call); their NumPy and torch cases stay
+    "test_a_stream_cut_inside_a_document_equals_the_uncut_run[jax-cpu:0-float32-5-causal]",
+    "test_causal_is_independent_of_chunk_size[jax-cpu:0-float32-3]",
 )
 
 
@@ -74,8 +91,8 @@ def _backend_of(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without --full: on JAX and Dask, the first parametrisation of each test only (every test still runs
-    on every backend, each form included); with --full, all of them; with --slow, the slow ones too."""
+    """Without --full: on JAX and Dask, the first parametrisation of each test only, and none of FULL_ONLY;
+    with --full, all of them; with --slow, the slow ones too."""
     if config.getoption("--slow"):
         return
     skip_slow = pytest.mark.skip(reason="slow; run with --slow")
@@ -96,6 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = item.name if "[" in item.name else item.name + "[]"
         if name.startswith(FULL_ONLY) or item.name in FULL_ONLY:
             item.add_marker(skip_fast)
+            if backend in EXPENSIVE_BACKENDS:  # its other JAX cases are no cheaper: leave them to --full too
+                seen.add((f"{item.nodeid.split('[')[0]}", backend))
         elif backend in EXPENSIVE_BACKENDS:
             key = (f"{item.nodeid.split('[')[0]}", backend)
             if key in seen:
