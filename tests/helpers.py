@@ -6,14 +6,18 @@ this module only turns the matrix into pytest parameters and a case into a fixtu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from latte_ref.testing.matrix import Case, matrix
 
-__all__ = ["case_params", "make_case"]
+__all__ = ["case_params", "make_case", "run_pytest"]
 
 
 def case_params(dtypes: tuple[str, ...] | None = None) -> list[Any]:
@@ -32,3 +36,13 @@ def make_case(request: pytest.FixtureRequest) -> Iterator[Case]:
     backend, device, dtype = request.param
     with Case(backend, device, dtype).no_compute() as case:
         yield case
+
+
+def run_pytest(folder: str | os.PathLike[str] | Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A user's ``pytest -q`` run in ``folder`` (one process, no cache; skip reasons shown), for the plugin tests.
+
+    ``tests/`` goes on ``PYTHONPATH`` so that the planted candidates import as modules.
+    """
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs", *args]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env, timeout=300)

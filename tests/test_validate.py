@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import run_pytest
 from planted_bugs import PLANTED
 
 import latte_ref
@@ -224,22 +224,10 @@ def test_low_precision_is_judged_against_the_reference_at_that_precision(tmp_pat
     assert all("latte-ref in float16" in r.tolerance.rule for r in report.results)
 
 
-def _pytest(tmp_path, *args):
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_pytest_plugin_runs_the_suite_as_tests(tmp_path):
-    good = _pytest(tmp_path, "--latte-impl", "latte_ref:causal", "--latte-with-mask", "-k", "t1 or mask_left")
+    good = run_pytest(tmp_path, "--latte-impl", "latte_ref:causal", "--latte-with-mask", "-k", "t1 or mask_left")
     assert good.returncode == 0 and "2 passed" in good.stdout, good.stdout
-    bad = _pytest(tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37", "--basetemp", "scratch")
+    bad = run_pytest(tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37", "--basetemp", "scratch")
     assert bad.returncode == 1 and "1 failed" in bad.stdout and "reproduce: latte-ref validate" in bad.stdout
     # The failing case's inputs go to pytest's temporary tree, not the system's temporary folder.
     assert [p.name for p in (tmp_path / "scratch" / "latte-conformance").glob("*.npz")], bad.stdout
@@ -247,12 +235,14 @@ def test_pytest_plugin_runs_the_suite_as_tests(tmp_path):
 
 
 def test_pytest_plugin_saves_where_latte_save_dir_says(tmp_path):
-    bad = _pytest(tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37", "--latte-save-dir", "out")
+    bad = run_pytest(
+        tmp_path, "--latte-impl", "planted_bugs:causal_leak", "-k", "t_prime_37", "--latte-save-dir", "out"
+    )
     assert bad.returncode == 1 and len(list((tmp_path / "out").glob("*.npz"))) == 1, bad.stdout
 
 
 def test_pytest_plugin_is_inert_without_latte_impl(tmp_path):
-    plain = _pytest(tmp_path)
+    plain = run_pytest(tmp_path)
     assert plain.returncode == 5 and "no tests ran" in plain.stdout  # nothing collected, nothing added
     imported = subprocess.run(
         [

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import run_pytest
 
 import latte_ref
 from latte_ref import cli
@@ -18,7 +18,6 @@ from latte_ref.testing.grad_cases import GRAD_CASES
 from latte_ref.testing.gradients import gradient_error
 from latte_ref.testing.tolerance import GRAD_TOLERANCES
 
-HERE = os.path.dirname(__file__)
 TIED = ["tied_keys_zero", "tied_keys_grid", "tied_keys_padded", "tied_state_cuts"]
 
 
@@ -156,29 +155,17 @@ def test_the_command_line_takes_grad_and_writes_the_gradient_errors(tmp_path, ca
     assert "--grad" in help_text and "torch or jax only" in " ".join(help_text.split())
 
 
-def _pytest(tmp_path, *args):
-    env = {**os.environ, "PYTHONPATH": HERE}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_the_pytest_plugin_takes_latte_grad(tmp_path):
     pytest.importorskip("torch")
     torch64 = ["--latte-backend", "torch", "--latte-dtype", "float64"]
-    good = _pytest(
+    good = run_pytest(
         tmp_path, "--latte-impl", "latte_ref:recurrent", *torch64, "--latte-grad", "-k", "t1 or tied_keys_zero"
     )
     assert good.returncode == 0 and "2 passed" in good.stdout, good.stdout
     impl = ["--latte-impl", "planted_grad_bugs:key_detached", *torch64]
-    bad = _pytest(tmp_path, *impl, "--latte-grad", "-k", "t_prime_37")
+    bad = run_pytest(tmp_path, *impl, "--latte-grad", "-k", "t_prime_37")
     assert bad.returncode == 1 and "1 failed" in bad.stdout and "--grad" in bad.stdout, bad.stdout
-    numpy = _pytest(tmp_path, "--latte-impl", "latte_ref:causal", "--latte-grad")
+    numpy = run_pytest(tmp_path, "--latte-impl", "latte_ref:causal", "--latte-grad")
     assert numpy.returncode == pytest.ExitCode.USAGE_ERROR and "has no autograd" in numpy.stderr
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_pytest
 from planted_bugs import PLANTED
 
 import latte_ref
@@ -17,7 +16,6 @@ from latte_ref import cli
 from latte_ref.testing import case_names, make_case, packed_names, skipped_cases, validate
 from latte_ref.testing.cases import PACKED_CUTS, segment_lengths
 
-HERE = os.path.dirname(__file__)
 PACKED = packed_names("causal")
 
 
@@ -211,29 +209,17 @@ def test_a_step_takes_no_segments_a_usage_error(capsys):
     assert "takes no segment_ids" in capsys.readouterr().err
 
 
-def _pytest(tmp_path, *args):
-    env = {**os.environ, "PYTHONPATH": HERE}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_the_pytest_plugin_skips_the_packed_cases_without_the_option_and_runs_them_with_it(tmp_path):
     chosen = ["-k", "t1 or packed_rows or packed_padding"]
-    plain = _pytest(tmp_path, "--latte-impl", "latte_ref:causal", *chosen)
+    plain = run_pytest(tmp_path, "--latte-impl", "latte_ref:causal", *chosen)
     assert plain.returncode == 0 and "1 passed, 2 skipped" in plain.stdout, plain.stdout
     assert "packed_rows needs segment_ids= (--latte-with-segments)" in plain.stdout
-    packed = _pytest(
+    packed = run_pytest(
         tmp_path, "--latte-impl", "latte_ref:causal", "--latte-with-segments", "--latte-with-mask", *chosen
     )
     assert packed.returncode == 0 and "3 passed" in packed.stdout, packed.stdout
     impl = ["--latte-impl", "planted_bugs:state_not_reset_on_chunk_edge", "--latte-with-segments"]
-    bug = _pytest(tmp_path, *impl, "-k", "packed_rows or packed_across_chunks")
+    bug = run_pytest(tmp_path, *impl, "-k", "packed_rows or packed_across_chunks")
     assert bug.returncode == 1 and "1 failed, 1 passed" in bug.stdout and "--with-segments" in bug.stdout, bug.stdout
-    step = _pytest(tmp_path, "--latte-impl", "latte_ref:step", "--latte-form", "step", "--latte-with-segments")
+    step = run_pytest(tmp_path, "--latte-impl", "latte_ref:step", "--latte-form", "step", "--latte-with-segments")
     assert step.returncode == pytest.ExitCode.USAGE_ERROR and "takes no segment_ids" in step.stderr

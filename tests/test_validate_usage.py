@@ -10,13 +10,12 @@ import sys
 import textwrap
 
 import pytest
+from helpers import run_pytest
 
 import latte_ref
 from latte_ref import cli
 from latte_ref.testing import CandidateError, UsageError, load_candidate, validate
 from latte_ref.testing.matrix import missing_framework
-
-HERE = os.path.dirname(__file__)
 
 
 @pytest.mark.parametrize(
@@ -64,20 +63,8 @@ def test_a_misnamed_backend_gets_a_did_you_mean(command, name, guess, capsys):
     assert len(err.splitlines()) <= 3 and "Traceback" not in err, err
 
 
-def _pytest(tmp_path, *args):
-    env = {**os.environ, "PYTHONPATH": HERE}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_the_plugin_reports_a_wrong_name_as_one_usage_error(tmp_path):
-    run = _pytest(tmp_path, "--latte-impl", "mylate:causal_loop")
+    run = run_pytest(tmp_path, "--latte-impl", "mylate:causal_loop")
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
     assert "ERROR: --latte-impl mylate:causal_loop: no module named 'mylate'" in run.stderr
     assert "failed" not in run.stdout and "Traceback" not in run.stderr
