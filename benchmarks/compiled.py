@@ -7,7 +7,9 @@ Each function returns rows as :mod:`measurements` does, timings from this proces
 - :func:`jax_form_rows`: ``jax.jit`` of ``causal`` and of ``bidirectional`` at one length;
 - :func:`torch_compile_rows`: a training step (forward and backward) of the causal torch layer,
   eager and under ``torch.compile(fullgraph=True)``, with the time of the first compile and of
-  the recompile that a new length costs.
+  the recompile that a new length costs;
+- :func:`decode_step_rows`: one ``step`` (B = 1, H = 4, L = D = 32) on NumPy, eager and compiled
+  PyTorch and jitted JAX, against PyTorch's SDPA for one query over 1,024 cached keys.
 
 Every framework is imported inside its function.
 """
@@ -15,6 +17,7 @@ Every framework is imported inside its function.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,7 @@ from timing import interleaved_times
 import latte_ref
 from latte_ref import backends
 
-__all__ = ["compiled_targets", "jax_form_rows", "jax_peer_rows", "torch_compile_rows"]
+__all__ = ["compiled_targets", "decode_step_rows", "jax_form_rows", "jax_peer_rows", "torch_compile_rows"]
 
 
 def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, Any]]:
@@ -109,7 +112,8 @@ def torch_compile_rows(lengths: tuple[int, int], repeats: int) -> list[dict[str,
             {"eager": (backend, train_step), "compiled": (backend, lambda x=x: train_step(compiled, x))}, repeats
         )
         eager, fast = times["eager"], times["compiled"]
-        error = float((compiled(x) - layer(x)).abs().max() / layer(x).abs().max())
+        with torch.no_grad():
+            error = float((compiled(x) - layer(x)).abs().max() / layer(x).abs().max())
         rows.append(
             {
                 "kind": "torch_compile",
@@ -123,6 +127,62 @@ def torch_compile_rows(lengths: tuple[int, int], repeats: int) -> list[dict[str,
             }
         )
     return rows
+
+
+def decode_step_rows(backend_names: tuple[str, ...], repeats: int, n_cached: int = 1024) -> list[dict[str, Any]]:
+    """One decode ``step`` per backend, against SDPA reading ``n_cached`` keys, all timed in one round robin.
+
+    ``step`` runs eagerly on NumPy and PyTorch, under ``torch.compile(fullgraph=True)`` (the
+    compile's time recorded) and under ``jax.jit``; the state is that after 8 random tokens (a
+    step's cost does not depend on its values). Rows of backends not installed are left out.
+    """
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 4, 32), dtype=np.float32) for _ in range(3))
+    history = [rng.standard_normal((1, 8, 4, 32), dtype=np.float32) for _ in range(3)]
+    _, state = latte_ref.causal(*history, return_state=True)
+    functions: dict[str, tuple[Any, Any]] = {}
+    compile_seconds: dict[str, float] = {}
+    if "numpy" in backend_names:
+        functions["numpy step"] = (backends.get_backend("numpy"), lambda: latte_ref.step(q, k, v, state)[0])
+    if "torch" in backend_names and backends.get_backend("torch").unavailable_reason() is None:
+        import torch
+
+        t_backend = backends.get_backend("torch")
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        t_state = latte_ref.LatteState(*(torch.from_numpy(np.asarray(a)) for a in state))
+        compiled_step = torch.compile(latte_ref.step, fullgraph=True)
+        start = time.perf_counter()
+        with warnings.catch_warnings():  # dynamo's notes on array-api-compat's lru_cache'd helpers
+            warnings.simplefilter("ignore", UserWarning)
+            compiled_step(tq, tk, tv, t_state)
+        compile_seconds["torch.compile step"] = time.perf_counter() - start
+        cached = [torch.from_numpy(rng.standard_normal((1, 4, n_cached, 32), dtype=np.float32)) for _ in range(2)]
+        one_query = tq[:, :, None, :]  # [B, H, 1, L]
+        functions["torch step"] = (t_backend, lambda: latte_ref.step(tq, tk, tv, t_state)[0])
+        functions["torch.compile step"] = (t_backend, lambda: compiled_step(tq, tk, tv, t_state)[0])
+        functions["sdpa"] = (t_backend, lambda: torch.nn.functional.scaled_dot_product_attention(one_query, *cached))
+    if "jax" in backend_names and backends.get_backend("jax").unavailable_reason() is None:
+        import jax
+
+        j_backend = backends.get_backend("jax")
+        jq, jk, jv = (j_backend.asarray(a, dtype="float32") for a in (q, k, v))
+        j_state = latte_ref.LatteState(*(j_backend.asarray(np.asarray(a), dtype="float32") for a in state))
+        jitted_step = jax.jit(latte_ref.step)
+        start = time.perf_counter()
+        jax.block_until_ready(jitted_step(jq, jk, jv, j_state))
+        compile_seconds["jax.jit step"] = time.perf_counter() - start
+        functions["jax.jit step"] = (j_backend, lambda: jitted_step(jq, jk, jv, j_state)[0])
+    times = interleaved_times(functions, repeats, calls=50)
+    return [
+        {
+            "kind": "decode_step",
+            "method": name,
+            "n_cached": n_cached,
+            "seconds": seconds,
+            **({"compile_seconds": compile_seconds[name]} if name in compile_seconds else {}),
+        }
+        for name, seconds in times.items()
+    ]
 
 
 def compiled_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, str, float | None]]:
@@ -154,4 +214,11 @@ def compiled_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, 
         for row in compiled:
             ratio = row["compiled_step_seconds"] / row["eager_step_seconds"]
             targets.append(("torch.compile: compiled / eager training step", f"T={row['T']}", 1.0, "<=", ratio))
+    decode = {r["method"]: r for r in rows if r.get("kind") == "decode_step"}
+    if "sdpa" in decode:
+        for method in ("numpy step", "torch step", "torch.compile step", "jax.jit step"):
+            if method in decode:
+                where = f"B=1, H=4, L=D=32; SDPA over {decode['sdpa']['n_cached']} keys"
+                ratio = decode[method]["seconds"] / decode["sdpa"]["seconds"]
+                targets.append((f"{method} / torch SDPA one query", where, 1.0, "<=", ratio))
     return targets

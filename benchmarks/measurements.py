@@ -259,7 +259,8 @@ def step_rows(backend: backends.Backend, context: int, repeats: int) -> list[dic
 
     times = interleaved_times(
         {"latte": (backend, lambda: latte_ref.step(q_t, k_t, v_t, state)[0]), "kv": (backend, kv_step)},
-        max(repeats, 20),
+        repeats,
+        calls=20,
     )
     latte, kv = times["latte"], times["kv"]
     return [

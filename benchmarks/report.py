@@ -23,14 +23,15 @@ def _pick(rows: list[dict[str, Any]], **match: Any) -> float | None:
 def tables(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = []
-    for backend in sorted({r["backend"] for r in rows if "backend" in r and r["kind"] != "peer"}):
+    for backend in sorted({r["backend"] for r in rows if r["kind"] in ("form", "floor", "softmax")}):
         lines += [
             f"**{backend}** (ms, min of repeats)",
             "",
             "| T | GEMM floor | bidirectional | causal | recurrent | softmax | softmax causal |",
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for n in sorted({r["T"] for r in rows if r.get("backend") == backend and "T" in r and "sweep" not in r}):
+        timed = [r for r in rows if r["kind"] in ("form", "floor", "softmax") and r.get("backend") == backend]
+        for n in sorted({r["T"] for r in timed if "sweep" not in r}):
             here = [
                 r
                 for r in rows
@@ -114,6 +115,20 @@ def tables(result: dict[str, Any]) -> str:
             f"| {r['T']:,} | {_ms(r['jax_scan_seconds'])} | {_ms(r['numpy_causal_layer_seconds'])} | "
             f"{r['jax_scan_seconds'] / r['numpy_causal_layer_seconds']:.2f} | {r['relative_error']:.1e} |"
             for r in peers
+        ]
+        lines.append("")
+    decode = [r for r in rows if r["kind"] == "decode_step"]
+    if decode:
+        lines += [
+            f"**one decode step** (B=1, H=4, L=D=32, float32; SDPA: one query over {decode[0]['n_cached']:,} keys)",
+            "",
+            "| method | µs | compile (s) |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['seconds'] * 1e6:.1f} | "
+            f"{'' if 'compile_seconds' not in r else format(r['compile_seconds'], '.2f')} |"
+            for r in decode
         ]
         lines.append("")
     lines += ["**targets**", "", "| target | where | bound | measured | verdict |", "|---|---|---|---:|---|"]

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from compiled import jax_form_rows, jax_peer_rows, torch_compile_rows
+from compiled import decode_step_rows, jax_form_rows, jax_peer_rows, torch_compile_rows
 from hf_rows import generation_rows
 from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
 from points import chunk_rows, point_rows
@@ -169,6 +169,8 @@ def plan(config: Config) -> Iterator[Task]:
             f"jax jit causal, bidirectional T={config.target_tokens}",
             partial(jax_form_rows, config.target_tokens, config.repeats),
         )
+    if "torch" in config.backends:
+        yield Task("decode step against SDPA", partial(decode_step_rows, tuple(config.backends), config.repeats))
     if config.compiled and "torch" in config.backends:
         lengths = (config.target_tokens // 8, config.target_tokens // 4)
         yield Task(f"torch.compile causal layer T={lengths}", partial(torch_compile_rows, lengths, config.repeats))

@@ -46,12 +46,17 @@ SLOW_CALL_SECONDS = 20.0
 """A warm-up call this long is its own measurement: repeating it would cost minutes."""
 
 
-def interleaved_times(functions: dict[str, tuple[Any, Callable[[], Any]]], repeats: int) -> dict[str, float]:
+def interleaved_times(
+    functions: dict[str, tuple[Any, Callable[[], Any]]], repeats: int, calls: int = 1
+) -> dict[str, float]:
     """The minimum wall time of each function over ``repeats`` interleaved rounds, after one warm-up call each.
 
     ``functions`` maps a name to ``(backend, fn)``: ``backend.synchronize`` waits for the
     result, and the other libraries' thread pools are quiet while ``fn`` runs. Round r calls
     the functions in the order rotated by r, so none is always first after another's work.
+    With ``calls`` > 1 a round times that many calls in a row and keeps their mean: for
+    functions of microseconds, whose first call after the thread pools were resized (by
+    another library's turn) pays for waking the threads.
     """
     names = list(functions)
     best = dict.fromkeys(names, math.inf)
@@ -63,7 +68,7 @@ def interleaved_times(functions: dict[str, tuple[Any, Callable[[], Any]]], repea
     for r in range(max(repeats, 1)):
         for i in range(len(rounds)):
             name = rounds[(i + r) % len(rounds)]
-            best[name] = min(best[name], _timed(*functions[name]))
+            best[name] = min(best[name], _timed(*functions[name], calls=calls))
     return best
 
 
@@ -72,11 +77,12 @@ def best_time(fn: Callable[[], Any], backend: Any, repeats: int) -> float:
     return interleaved_times({"fn": (backend, fn)}, repeats)["fn"]
 
 
-def _timed(backend: Any, fn: Callable[[], Any]) -> float:
+def _timed(backend: Any, fn: Callable[[], Any], calls: int = 1) -> float:
     with quiet_others(backend.name):
         start = time.perf_counter()
-        backend.synchronize(fn())
-        return time.perf_counter() - start
+        for _ in range(calls):
+            backend.synchronize(fn())
+        return (time.perf_counter() - start) / calls
 
 
 # The folder in a shared library's path that says which Python package shipped it.
