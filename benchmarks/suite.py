@@ -28,7 +28,7 @@ from hf_rows import generation_rows
 from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
 from points import chunk_rows, point_rows
 from targets import summarise_targets, verdict
-from timing import MIN_REPEATS, thread_pools
+from timing import MIN_REPEATS, busy_by_others, cpu_counters, others_cores, thread_pools
 from timing import busy as machine_busy
 
 from latte_ref import backends
@@ -241,6 +241,7 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     rows: list[dict[str, Any]] = []
     output.mkdir(parents=True, exist_ok=True)
     the_machine = machine()
+    counters_at_start = cpu_counters()
     started = time.perf_counter()
     for i, task in enumerate(tasks):
         if progress:
@@ -250,6 +251,10 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     if progress:
         progress(len(tasks), len(tasks), "done", started)
     the_machine["load_average_at_end"] = list(os.getloadavg())
+    counters_at_end = cpu_counters()
+    if counters_at_start is not None and counters_at_end is not None:
+        wall = time.perf_counter() - started
+        the_machine["other_processes_cores"] = others_cores(counters_at_start, counters_at_end, wall)
     the_machine["thread_pools"] = thread_pools()  # the frameworks the run imported have theirs by now
     reason = busy(the_machine)
     the_machine["busy"] = reason
@@ -273,11 +278,15 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
 
 
 def busy(the_machine: dict[str, Any]) -> str | None:
-    """``"unreliable: machine busy (...)"`` when the 1-minute load average, before or after the run, is high.
+    """``"unreliable: machine busy (...)"`` when other processes took the cores during the run.
 
-    The thresholds are ``timing.BUSY_LOAD_PER_CORE`` per core beyond the run's own load.
+    Measured as the machine's CPU time less the run's own (``/proc/stat``); where the kernel does
+    not give it, the 1-minute load average before and after the run stands in. The threshold is
+    ``timing.BUSY_LOAD_PER_CORE`` of each core.
     """
     cores = the_machine.get("logical_cores") or 1
+    if "other_processes_cores" in the_machine:
+        return busy_by_others(the_machine["other_processes_cores"], cores)
     return machine_busy(the_machine["load_average_at_start"][0], the_machine["load_average_at_end"][0], cores)
 
 

@@ -40,6 +40,22 @@ def _meets(value: float, sense: str, bound: float) -> bool:
     return {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[sense]
 
 
+TOO_CLOSE = 0.10
+"""A ratio within this fraction of its bound is "too close to call" rather than met or NOT met.
+
+In pairs of consecutive ``--quick`` runs on the idle 2-core machine, ratios near their bounds
+moved by up to 6% (NumPy causal / bidirectional 2.53 and 2.66 against 2.5; JAX jit causal /
+bidirectional 3.77 and 3.95 against 4): a verdict that such noise can flip says nothing about
+the code.
+"""
+
+
+def _too_close(value: float, bound: float) -> str | None:
+    if bound and abs(value / bound - 1.0) < TOO_CLOSE:
+        return f"too close to call (within {TOO_CLOSE:.0%} of the bound)"
+    return None
+
+
 def summarise_targets(rows: list[dict[str, Any]], config: Any, busy: str | None = None) -> list[dict[str, Any]]:
     """The issue's targets, each as a measured ratio (None where the run did not measure it), with its verdict.
 
@@ -183,6 +199,7 @@ def summarise_targets(rows: list[dict[str, Any]], config: Any, busy: str | None 
     out = []
     for name, where, bound, sense, (value, doubt) in targets:
         met = None if value is None else _meets(value, sense, bound)
+        doubt = doubt or (None if value is None else _too_close(value, bound))
         out.append(
             {
                 "target": name,

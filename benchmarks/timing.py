@@ -6,8 +6,9 @@ conditions. So the functions a target compares are timed together, round by roun
 minimum of its rounds after a discarded warm-up; while one library runs, the thread
 pools of the others (OpenBLAS of NumPy, the OpenMP of PyTorch, ...) are held to one
 thread through threadpoolctl, so that their idle spinning does not take the cores.
-The 1-minute load average, taken before and after the run, says whether someone else
-was using the machine: then no target is called met or missed.
+The CPU time the whole machine spent during the run, less the run's own, says whether
+someone else was using the machine (the 1-minute load average, recorded too, is the
+fallback where the kernel does not tell): then no target is called met or missed.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ __all__ = [
     "MIN_REPEATS",
     "best_time",
     "busy",
+    "busy_by_others",
+    "cpu_counters",
     "interleaved_times",
     "numpy_peak_bytes",
+    "others_cores",
     "quiet_others",
     "thread_pools",
 ]
@@ -122,6 +126,40 @@ def thread_pools() -> list[dict[str, Any]]:
     return [
         {**{k: pool.get(k) for k in keys}, "file": os.path.basename(pool["filepath"])} for pool in threadpool_info()
     ]
+
+
+def cpu_counters() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its children) since boot.
+
+    Read from ``/proc/stat`` (Linux): user, nice, system, irq, softirq and steal time. None where
+    there is no such file. The difference of two readings, less this process's share, is the
+    CPU time others took meanwhile: unlike the load average, it forgets a run that ended before.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = sum(getattr(os.times(), name) for name in ("user", "system", "children_user", "children_system"))
+    return machine, own
+
+
+def others_cores(before: tuple[float, float], after: tuple[float, float], wall_seconds: float) -> float:
+    """The cores that other processes kept busy on average between two :func:`cpu_counters` readings."""
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(others, 0.0) / max(wall_seconds, 1e-9)
+
+
+def busy_by_others(cores_used: float, cores: int) -> str | None:
+    """``"unreliable: machine busy (...)"`` when others used more than ``BUSY_LOAD_PER_CORE`` of each core."""
+    cores = max(cores, 1)
+    if cores_used / cores > BUSY_LOAD_PER_CORE:
+        return f"unreliable: machine busy (other processes used {cores_used:.2f} of {cores} cores during the run)"
+    return None
 
 
 def busy(load_before: float, load_after: float, cores: int) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
+
 from latte_ref import cli
 
 
@@ -70,6 +72,11 @@ def test_a_busy_machine_or_a_form_below_its_floor_gets_no_met_verdict():
     assert timing.busy(0.2, 2.5, cores=2) is None  # after the run, its own load (up to 1 per core) is allowed
     assert timing.busy(1.2, 2.5, cores=2).startswith("unreliable: machine busy")
     assert timing.busy(0.2, 3.2, cores=2).startswith("unreliable: machine busy")
+    # During the run: the machine's CPU seconds less the run's own, per second of wall time.
+    assert timing.others_cores((100.0, 10.0), (130.0, 30.0), wall_seconds=10.0) == 1.0
+    assert timing.others_cores((100.0, 10.0), (119.0, 30.0), wall_seconds=10.0) == 0.0  # counters' rounding
+    assert timing.busy_by_others(0.9, cores=2) is None
+    assert timing.busy_by_others(1.1, cores=2).startswith("unreliable: machine busy (other processes used 1.10")
 
     class Config:
         target_tokens, scaling_tokens, packed_documents, step_contexts = 1024, (1024, 2048), 4, (1024, 8192)
@@ -84,6 +91,10 @@ def test_a_busy_machine_or_a_form_below_its_floor_gets_no_met_verdict():
     assert verdicts["numpy: causal / bidirectional"]["verdict"].startswith("unreliable")
     busy = targets.summarise_targets([floor, causal], Config(), busy="unreliable: machine busy (load 3)")
     assert {t["verdict"] for t in busy if t["measured"] is not None} == {"unreliable: machine busy (load 3)"}
+    # causal / floor = 5.9 against a bound of 6: within 10%, neither met nor NOT met
+    close = targets.summarise_targets([floor, {**causal, "seconds": 5.9}], Config())
+    close_call = {t["target"]: t for t in close}["causal / GEMM floor"]
+    assert close_call["verdict"].startswith("too close to call") and close_call["met"] is None
 
 
 def test_interleaved_timing_takes_the_minimum_of_every_round():
@@ -93,7 +104,21 @@ def test_interleaved_timing_takes_the_minimum_of_every_round():
     calls = []
     numpy = backends.get_backend("numpy")
     times = timing.interleaved_times(
-        {"a": (numpy, lambda: calls.append("a")), "b": (numpy, lambda: calls.append("b"))}, repeats=5
+        {"a": (numpy, lambda: calls.append("a")), "b": (numpy, lambda: calls.append("b"))}, repeats=5, calls=1
     )
     assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 2 + ["a", "b"]  # a warm-up each, then rotating rounds
     assert set(times) == {"a", "b"} and all(0 < t < 1 for t in times.values())
+    # calls=3: each round times three calls in a row
+    calls.clear()
+    timing.interleaved_times({"a": (numpy, lambda: calls.append("a"))}, repeats=2, calls=3)
+    assert calls == ["a"] * (1 + 2 * 3)
+
+
+def test_cpu_counters_see_this_process_work():
+    timing = _benchmarks_module("timing")
+    before = timing.cpu_counters()
+    if before is None:
+        pytest.skip("no /proc/stat on this system")
+    total = sum(i * i for i in range(3_000_000))  # about a CPU-second's tenth of pure Python
+    after = timing.cpu_counters()
+    assert total > 0 and after[1] > before[1] and after[0] >= before[0]
