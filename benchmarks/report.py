@@ -32,11 +32,7 @@ def tables(result: dict[str, Any]) -> str:
         ]
         timed = [r for r in rows if r["kind"] in ("form", "floor", "softmax") and r.get("backend") == backend]
         for n in sorted({r["T"] for r in timed if "sweep" not in r}):
-            here = [
-                r
-                for r in rows
-                if r.get("backend") == backend and r.get("T") == n and "sweep" not in r and "packed" not in r
-            ]
+            here = [r for r in timed if r["T"] == n and "sweep" not in r and "packed" not in r]
             cells = [
                 _pick(here, kind="floor"),
                 _pick(here, kind="form", form="bidirectional"),

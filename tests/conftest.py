@@ -70,8 +70,6 @@ FULL_ONLY = (
     "test_docstring_examples[latte_ref.layers.flax.LatteAttention]",
     # eager JAX compiles each operation for each document length: 97 s for the causal form alone
     "test_packed_gradients_equal_those_of_the_documents[causal-jax]",
-    "test_packed_gradients_equal_those_of_the_documents[recurrent-jax]",
-    "test_packed_gradients_equal_those_of_the_documents[bidirectional-jax]",
     "test_on_four_cpu_devices",  # a second pytest process with four JAX CPU devices: about a minute
     # 20 to 30 s each on eager JAX (new shapes for every call); their NumPy and torch cases stay
     "test_a_stream_cut_inside_a_document_equals_the_uncut_run[jax-cpu:0-float32-5-causal]",
@@ -111,12 +109,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if full:
             continue
         name = item.name if "[" in item.name else item.name + "[]"
+        key = (item.nodeid.split("[")[0], backend)
         if name.startswith(FULL_ONLY) or item.name in FULL_ONLY:
             item.add_marker(skip_fast)
             if backend in EXPENSIVE_BACKENDS:  # its other JAX cases are no cheaper: leave them to --full too
-                seen.add((f"{item.nodeid.split('[')[0]}", backend))
+                seen.add(key)
         elif backend in EXPENSIVE_BACKENDS:
-            key = (f"{item.nodeid.split('[')[0]}", backend)
             if key in seen:
                 item.add_marker(skip_fast)
             seen.add(key)

@@ -8,9 +8,11 @@ installed (or, for CuPy, has no GPU here).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,23 @@ def python_blocks(text: str, page: str) -> list[Block]:
 PAGES = [p for p in pages() if python_blocks(p.read_text(encoding="utf-8"), p.name)]
 
 
+@contextlib.contextmanager
+def process_settings_restored() -> Iterator[None]:
+    """Undo what a page changes for the whole process as a user would: torch's weights-only allowlist.
+
+    The PyTorch tutorial allowlists LatteState; later tests in the same worker must see torch's default.
+    """
+    torch = sys.modules.get("torch")
+    allowed_before = torch.serialization.get_safe_globals() if torch is not None else []
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(allowed_before)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = str(page.relative_to(ROOT))
@@ -71,14 +90,14 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     namespace: dict[str, object] = {"__name__": f"docs:{name}"}
     skipped = []
     missing = None  # a framework an earlier block needed: the blocks after it build on that block
-    for block in blocks:
-        missing = missing or missing_framework(block.code)
-        reason = block.skip or missing
-        if reason is not None:
-            skipped.append(f"line {block.line}: {reason}")
-            continue
-        code = compile(block.code, f"{name}:{block.line}", "exec")
-        exec(code, namespace)
+    with process_settings_restored():  # the page's blocks build on each other; later tests must not
+        for block in blocks:
+            missing = missing or missing_framework(block.code)
+            reason = block.skip or missing
+            if reason is not None:
+                skipped.append(f"line {block.line}: {reason}")
+                continue
+            exec(compile(block.code, f"{name}:{block.line}", "exec"), namespace)
     if skipped and len(skipped) == len(blocks):
         pytest.skip(f"{name}: every block skipped ({'; '.join(skipped)})")
     for reason in skipped:
