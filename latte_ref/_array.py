@@ -9,8 +9,10 @@ import math
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_array_api_obj, is_lazy_array, is_writeable_array
+from array_api_compat import array_namespace, is_array_api_obj, is_lazy_array, is_numpy_namespace, is_writeable_array
 from array_api_compat import device as array_device
+
+from ._dispatch import stop_gradient
 
 __all__ = [
     "Array",
@@ -170,6 +172,44 @@ def safe_divide(xp: Any, numerator: Array, denominator: Array) -> Array:
     return xp.where(
         is_empty, xp.zeros_like(numerator), numerator / xp.where(is_empty, xp.ones_like(denominator), denominator)
     )
+
+
+def last_axis_max(xp: Any, x: Array) -> Array:
+    """``xp.max(x, axis=-1, keepdims=True)``; see :func:`last_axis_sum`."""
+    if is_numpy_namespace(xp):
+        return np.maximum.reduce(x, axis=-1, keepdims=True)
+    return xp.max(x, axis=-1, keepdims=True)
+
+
+def total(xp: Any, x: Array) -> float:
+    """The sum of all of ``x``'s elements, as a Python float: a read, for eager arrays only (no gradient)."""
+    if is_numpy_namespace(xp):
+        return float(np.add.reduce(x, axis=None))
+    return float(xp.sum(stop_gradient(x)))
+
+
+def last_axis_sum(xp: Any, x: Array) -> Array:
+    """``xp.sum(x, axis=-1, keepdims=True)``, for the small arrays of a decode step.
+
+    On NumPy the ufunc's own ``reduce``: the same reduction (pairwise summation included)
+    without the argument handling of ``numpy.sum``, which at decode sizes costs more than
+    the sum itself.
+    """
+    if is_numpy_namespace(xp):
+        return np.add.reduce(x, axis=-1, keepdims=True)
+    return xp.sum(x, axis=-1, keepdims=True)
+
+
+def read_latents(xp: Any, weights: Array, numerator: Array) -> Array:
+    """sum_l weights_l S_{l,d}: weights (..., L) and numerator (..., L, D) give (..., D).
+
+    The read-out of one token, sized for decoding. NumPy runs a batched (1, L) @ (L, D) product as
+    a loop in C, the cheapest way there; elsewhere it is a BLAS call per head, whose threads, on a
+    loaded machine, wait on each other for milliseconds, so a product and a sum are used instead.
+    """
+    if is_numpy_namespace(xp):
+        return np.matmul(weights[..., None, :], numerator)[..., 0, :]
+    return xp.sum(weights[..., :, None] * numerator, axis=-2)  # [..., L, 1] * [..., L, D] -> [..., D]
 
 
 def softmax(xp: Any, x: Array, axis: int) -> Array:

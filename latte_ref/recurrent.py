@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ._array import Array, mask_keys_and_values, mask_output, safe_divide, softmax
+from ._array import (
+    Array,
+    last_axis_max,
+    last_axis_sum,
+    mask_keys_and_values,
+    mask_output,
+    read_latents,
+    safe_divide,
+    softmax,
+    total,
+)
 from ._checks import _prepare_qkv, check_flag
 from ._dispatch import in_exact_arithmetic, is_traced
 from ._layout import repeat_kv_heads, swap_time_and_heads
@@ -62,11 +73,12 @@ def step(
     >>> y.shape, state.numerator.shape
     ((2, 4), (2, 4, 4))
     """
-    xp, q_t, k_t, v_t, state, out_dtype, _ = _checked_step_inputs(q_t, k_t, v_t, state, mask_t)
+    xp, q_t, k_t, v_t, state, out_dtype, eager = _checked_step_inputs(q_t, k_t, v_t, state, mask_t)
     if mask_t is not None:
         # A padded token is a key of weight exp(-inf) = 0: the update below leaves the state as it is.
         k_t, v_t = mask_keys_and_values(xp, mask_t, k_t, v_t)
-    y_t, state = _step(xp, q_t, k_t, v_t, state)
+    stepped = _finite_step(xp, q_t, k_t, v_t, state) if eager else None
+    y_t, state = _step(xp, q_t, k_t, v_t, state) if stepped is None else stepped
     if mask_t is not None:
         y_t = xp.where(mask_t[..., None, None], y_t, xp.zeros_like(y_t))
     return (y_t if y_t.dtype == out_dtype else xp.astype(y_t, out_dtype)), state
@@ -79,40 +91,42 @@ _EAGER_MODULES = ("numpy", "torch", "cupy")  # whose arrays are never traced (a 
 
 
 def _signature(*arrays: Array | None) -> tuple[Any, ...] | None:
-    """A hashable signature of eager arrays (None where any array is of another kind)."""
-    signature: list[Any] = []
-    for a in arrays:
-        if a is None:
-            signature.append(None)
-            continue
-        kind = type(a)
-        if kind.__module__ not in _EAGER_MODULES:
-            return None
-        signature.append((kind, tuple(a.shape), a.dtype, a.device))
-    return tuple(signature)
+    """A hashable signature of eager arrays (None where the first is of another kind, or is being traced).
+
+    Only the first array's kind is asked about: a signature is cached once the full checks passed,
+    which they do only for arrays of one namespace.
+    """
+    module = type(arrays[0]).__module__
+    # A compiler tracing PyTorch code shows it plain tensors; a cache it reads then is one it guards on,
+    # and filling it would recompile. NumPy arrays are never traced: no need to ask.
+    if module not in _EAGER_MODULES or (module != "numpy" and is_traced(arrays[0])):
+        return None
+    return tuple(None if a is None else (type(a), a.shape, a.dtype, a.device) for a in arrays)
 
 
 def _checked_step_inputs(
     q_t: Array, k_t: Array, v_t: Array, state: LatteState | None, mask_t: Array | None
-) -> tuple[Any, Array, Array, Array, LatteState, Any, Any]:
-    """``step``'s arguments checked and cast: (xp, q_t, k_t, v_t, state, out_dtype, dtype).
+) -> tuple[Any, Array, Array, Array, LatteState, Any, bool]:
+    """``step``'s arguments checked and cast: (xp, q_t, k_t, v_t, state, out_dtype, eager).
 
     The checks look at types, shapes, dtypes and devices only, so for eager arrays their
-    verdict is cached by that signature and a decode loop pays for them once.
+    verdict is cached by that signature and a decode loop pays for them once. ``eager``: the
+    arrays' values can be read now (not traced, not lazy), which lets ``_step`` choose its path.
     """
     fields = (None, None, None) if not isinstance(state, LatteState) else tuple(state)
-    # Not under a compiler: a cache it reads while tracing is one it guards on, and filling it would recompile.
-    signature = None if is_traced(q_t) else _signature(q_t, k_t, v_t, mask_t, *fields)
+    signature = _signature(q_t, k_t, v_t, mask_t, *fields)
     known = None if signature is None else _CHECKED_STEPS.get((state is None, signature))
     if known is not None:
         xp, out_dtype, dtype = known
-        q_t, k_t, v_t = (a if a.dtype == dtype else xp.astype(a, dtype) for a in (q_t, k_t, v_t))
-        k_t, v_t = repeat_kv_heads(xp, k_t, v_t, q_t.shape[-2])
+        if q_t.dtype != dtype or k_t.dtype != dtype or v_t.dtype != dtype:
+            q_t, k_t, v_t = (xp.astype(a, dtype) for a in (q_t, k_t, v_t))
+        if k_t.shape[-2] != q_t.shape[-2]:
+            k_t, v_t = repeat_kv_heads(xp, k_t, v_t, q_t.shape[-2])
         if state is None:
             state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
         elif state.numerator.dtype != dtype:
             state = LatteState(*(xp.astype(a, dtype) for a in state))
-        return xp, q_t, k_t, v_t, state, out_dtype, dtype
+        return xp, q_t, k_t, v_t, state, out_dtype, True
     xp, q_t, k_t, v_t, out_dtype, dtype = _prepare_qkv(q_t, k_t, v_t, mask_t, time_axis=False, mask_name="mask_t")
     if state is None:
         state = empty_state(xp, q_t, v_t, dtype, time_axis=False)
@@ -122,7 +136,7 @@ def _checked_step_inputs(
         if len(_CHECKED_STEPS) >= 64:  # a few signatures in practice; never let the cache grow without bound
             _CHECKED_STEPS.clear()
         _CHECKED_STEPS[(state is None, signature)] = (xp, out_dtype, dtype)
-    return xp, q_t, k_t, v_t, state, out_dtype, dtype
+    return xp, q_t, k_t, v_t, state, out_dtype, signature is not None
 
 
 def _step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tuple[Array, LatteState]:
@@ -147,10 +161,33 @@ def _step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tup
     )
     p_latent_given_query = softmax(xp, q_t, axis=-1)  # [..., H, L]
     read = safe_divide(xp, p_latent_given_query, normaliser)  # p(l | t) / a_t
-    # sum_l read_l S_{l,d} as a product and a sum, not a batched (1, L) @ (L, D) product: at decode sizes the
-    # latter is a BLAS call per head whose threads, on a loaded machine, wait on each other for milliseconds.
-    y_t = xp.sum(read[..., :, None] * state.numerator, axis=-2)  # [..., H, L, 1] * [..., H, L, D] -> [..., H, D]
-    return y_t, state
+    return read_latents(xp, read, state.numerator), state  # [..., H, D]
+
+
+def _finite_step(xp: Any, q_t: Array, k_t: Array, v_t: Array, state: LatteState) -> tuple[Array, LatteState] | None:
+    """:func:`_step` in fewer operations when every number it meets is finite; ``None`` (nothing done) otherwise.
+
+    With every running max m_t and every query's largest logit finite, the shift of the exponentials
+    is m_t itself, each normaliser a_t is at least 1 (the term of the key that set m_t) and the
+    softmax needs no guard for an all ``-inf`` row, so the ``where`` of each special value drops out:
+    a decode step on eager arrays is about half the operations. The arithmetic left is that of
+    ``_step``, in the same order, so the two give the same bits. One value is read to choose, so
+    only eager arrays come here; a compiler traces ``_step``, whose guards it fuses into its loops.
+    """
+    running_max = xp.maximum(state.running_max, k_t)  # [..., H, L]
+    query_max = last_axis_max(xp, q_t)  # [..., H, 1]
+    # One read for the whole batch: the sum is finite only if every term is (a sum that overflows
+    # merely sends a finite batch to the guarded path, which is exact too).
+    if not math.isfinite(total(xp, running_max + query_max)):
+        return None
+    decay = xp.exp(state.running_max - running_max)  # [..., H, L], <= 1
+    weight = xp.exp(k_t - running_max)
+    normaliser = state.normaliser * decay + weight  # >= 1
+    numerator = state.numerator * decay[..., None] + weight[..., None] * v_t[..., None, :]  # [..., H, L, D]
+    query_weights = xp.exp(q_t - query_max)  # softmax's numerator, [..., H, L]
+    p_latent_given_query = query_weights / last_axis_sum(xp, query_weights)  # [..., H, L]
+    read = p_latent_given_query / normaliser  # p(l | t) / a_t, the same operations as _step's (the same bits)
+    return read_latents(xp, read, numerator), LatteState(running_max, normaliser, numerator)
 
 
 @in_exact_arithmetic
