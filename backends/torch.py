@@ -69,8 +69,12 @@ class TorchBackend(Backend):
         ``torch.cond`` takes tensors only: NamedTuples among the operands (a ``LatteState``) are
         flattened here and rebuilt inside the branches. Its branches may not return one of their
         operands or a view of one (an alias), nor a NamedTuple: the forms' branches return new
-        arrays, a tensor or a tuple of them, which are made contiguous (torch.cond needs the
-        strides of both branches' outputs in the same order).
+        arrays, a tensor or a tuple of them. Operands and outputs cross ``torch.cond`` as 1-D
+        arrays: it compares the strides of the two branches' outputs (and, in the backward, of the
+        operands' gradients), which for a symbolic size (``dynamic=True``) are expressions it
+        cannot match unless the arrays are flat. The outputs' shapes come from tracing
+        ``if_false`` once more, which the forms make the cheap branch (zeros); its arrays are unused.
+        The branches must read arrays through their operands only, not from an enclosing scope.
         """
         import torch
         from torch.utils import _pytree
@@ -79,19 +83,22 @@ class TorchBackend(Backend):
             leaves, spec = _pytree.tree_flatten(operands)
 
             def rebuilt(branch: Any) -> Any:
-                # Contiguous outputs: torch.cond needs both branches' strides in the same order.
                 def flat_branch(*flat: Any) -> Any:
-                    # Through a flat view, so that the gradient of each operand is contiguous too (the
-                    # backward of a reshape makes it so), in both branches of the backward cond.
-                    dense = [t.reshape(-1).reshape(t.shape) for t in flat]
-                    out = branch(*_pytree.tree_unflatten(dense, spec))
-                    return _pytree.tree_map(lambda t: t.contiguous(), out)
+                    dense = [t.reshape(shape) for t, shape in zip(flat, operand_shapes, strict=True)]
+                    out = _pytree.tree_leaves(branch(*_pytree.tree_unflatten(dense, spec)))
+                    # Flat outputs: torch.cond compares the branches' strides, and with a symbolic size
+                    # (a dynamic T) those of a dense array of rank > 1 are expressions it cannot match.
+                    return tuple(t.contiguous().reshape(-1) for t in out)
 
                 return flat_branch
 
-            # Contiguous operands: inductor compiles the branches for the strides it sees, and a slice
-            # (the states before the chunks) may reach them with others.
-            return torch.cond(pred, rebuilt(if_true), rebuilt(if_false), tuple(t.contiguous() for t in leaves))
+            # The outputs' structure and shapes, from the branch the forms make cheap (zeros): traced here
+            # only for them, its arrays are unused and leave the graph.
+            like_leaves, out_spec = _pytree.tree_flatten(if_false(*operands))
+            # Flat operands for the same reason: their gradients are the outputs of the backward's cond.
+            operand_shapes = [tuple(t.shape) for t in leaves]
+            flat_out = torch.cond(pred, rebuilt(if_true), rebuilt(if_false), tuple(t.reshape(-1) for t in leaves))
+            return _pytree.tree_unflatten([t.reshape(a.shape) for t, a in zip(flat_out, like_leaves)], out_spec)
         return if_true(*operands) if bool(pred) else if_false(*operands)
 
     def synchronize(self, x: Any) -> Any:

@@ -55,16 +55,21 @@ def causal_block_traced(
     # Chunks with an offending token, and those whose summary overflowed, are summarised again.
     again = xp.any(token_out, axis=(-2, -1)) | ~xp.isfinite(xp.sum(local.numerator, axis=(-3, -2, -1)))  # [..., N]
 
-    def resummarised(k_last: Array, v_last: Array, running_max: Array) -> tuple[Array, Array]:
+    # The branches read their operands only (no array from this scope: a compiler would make each such
+    # array an operand too, with a gradient of a layout its backward may not take for a dynamic T).
+    def resummarised(*arrays: Array) -> tuple[Array, Array]:
+        k_last, v_last, running_max, _, _ = arrays
         exact = summaries(xp, k_last, v_last, running_max)
         return exact.normaliser, exact.numerator
 
-    def not_needed(k_last: Array, v_last: Array, running_max: Array) -> tuple[Array, Array]:
-        return xp.zeros_like(local.normaliser), xp.zeros_like(local.numerator)
+    def not_needed(*arrays: Array) -> tuple[Array, Array]:
+        return xp.zeros_like(arrays[3]), xp.zeros_like(arrays[4])
 
     # Each branch returns new arrays (none of its operands: torch.cond forbids aliases), zeros where
     # not needed; the `where` after it keeps the factored summaries of the chunks not chosen.
-    normaliser, numerator = cond(xp.any(again), resummarised, not_needed, k_last, v_last, local.running_max)
+    normaliser, numerator = cond(
+        xp.any(again), resummarised, not_needed, k_last, v_last, local.running_max, local.normaliser, local.numerator
+    )
     chosen = again[..., None, None]  # [..., N, 1, 1]
     local = LatteState(
         local.running_max,
@@ -83,7 +88,7 @@ def causal_block_traced(
         return exact
 
     def factored(q: Array, k: Array, v: Array, *before: Array) -> Array:
-        return xp.zeros_like(y)
+        return xp.zeros_like(v)  # y's shape
 
     exact = cond(xp.any(token_out), per_token, factored, q, k, v, *before)
     from_first_out = xp.cumulative_sum(xp.astype(token_out, xp.int32), axis=-2) > 0  # [..., N, C, H]
