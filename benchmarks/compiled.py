@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from measurements import PEER_SETTING, random_inputs, scan_latte_layer
-from timing import interleaved_times
+from timing import interleaved_times, session_times
 
 import latte_ref
 from latte_ref import backends
@@ -72,11 +72,15 @@ def jax_form_rows(n_tokens: int, repeats: int) -> list[dict[str, Any]]:
     import jax
 
     backend = backends.get_backend("jax")
-    q, k, v = (backend.asarray(a, dtype="float32") for a in random_inputs(n_tokens))
     compiled = {form: jax.jit(getattr(latte_ref, form)) for form in ("causal", "bidirectional")}
-    # Calls of a millisecond or two: XLA's thread pool makes single calls jitter by tens of percent.
-    calls = {form: (backend, lambda fn=fn: fn(q, k, v)) for form, fn in compiled.items()}
-    times = interleaved_times(calls, max(repeats, 30))
+
+    def calls() -> dict[str, tuple[Any, Any]]:
+        q, k, v = (backend.asarray(a, dtype="float32") for a in random_inputs(n_tokens))
+        return {form: (backend, lambda fn=fn: fn(q, k, v)) for form, fn in compiled.items()}
+
+    # Calls of a millisecond or two: XLA's thread pool makes single calls jitter by tens of percent, and
+    # 30 rounds in one session still gave causal / bidirectional 3.6 to 4.5 from run to run.
+    times = session_times(calls, max(repeats, 10), sessions=3)
     return [{"kind": "jit_form", "backend": "jax", "form": f, "T": n_tokens, "seconds": t} for f, t in times.items()]
 
 
@@ -174,7 +178,9 @@ def decode_step_rows(backend_names: tuple[str, ...], repeats: int, n_cached: int
         jax.block_until_ready(jitted_step(jq, jk, jv, j_state))
         compile_seconds["jax.jit step"] = time.perf_counter() - start
         functions["jax.jit step"] = (j_backend, lambda: jitted_step(jq, jk, jv, j_state)[0])
-    times = interleaved_times(functions, repeats, calls=50)
+    # Calls of microseconds: rounds are cheap; SDPA's two threads sleep or spin for many rounds at a time,
+    # so three sessions (NumPy step / SDPA read 0.66 to 1.04 from run to run with one session of 20 rounds).
+    times = session_times(lambda: functions, max(repeats, 10), sessions=3, calls=50)
     return [
         {
             "kind": "decode_step",

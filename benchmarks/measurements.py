@@ -236,37 +236,47 @@ def softmax_bytes(backend_name: str, n_tokens: int) -> int:
     return 2 * heads * n_tokens * n_tokens * 4 + (n_tokens * n_tokens if backend_name == "numpy" else 0)
 
 
-def step_rows(backend: backends.Backend, context: int, repeats: int) -> list[dict[str, Any]]:
-    """Per-token cost after ``context`` tokens: Latte ``step`` against standard attention with a KV cache."""
+def step_rows(backend: backends.Backend, contexts: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+    """Per-token cost after each context: Latte ``step`` against standard attention with a KV cache.
+
+    Every context's two functions are timed in the same rounds: the flat-cost target compares
+    steps of microseconds, which drift by tens of percent between rounds timed apart.
+    """
     rng = np.random.default_rng(2)
     xp = backend.namespace()
-    k_ctx = backend.asarray(rng.standard_normal((context, H, L), dtype=np.float32), dtype="float32")
-    v_ctx = backend.asarray(rng.standard_normal((context, H, D), dtype=np.float32), dtype="float32")
-    # The cost of a step does not depend on the state's values; the summary of a random context is a valid one.
-    state = summarise(xp, k_ctx, v_ctx)
-    q_t, k_t, v_t = (backend.asarray(rng.standard_normal((H, L), dtype=np.float32), dtype="float32") for _ in range(3))
+    functions: dict[str, tuple[Any, Callable[[], Any]]] = {}
+    for context in contexts:
+        k_ctx = backend.asarray(rng.standard_normal((context, H, L), dtype=np.float32), dtype="float32")
+        v_ctx = backend.asarray(rng.standard_normal((context, H, D), dtype=np.float32), dtype="float32")
+        # The cost of a step does not depend on the state's values; the summary of a random context is a valid one.
+        state = summarise(xp, k_ctx, v_ctx)
+        q_t, k_t, v_t = (
+            backend.asarray(rng.standard_normal((H, L), dtype=np.float32), dtype="float32") for _ in range(3)
+        )
+        # Standard attention: the cache holds the context's keys and values, heads first; one query reads them all.
+        k_cache = xp.moveaxis(k_ctx, 0, 1)  # [H, n, D] (L = D here)
+        v_cache = xp.moveaxis(v_ctx, 0, 1)  # [H, n, D]
+        functions[f"latte {context}"] = (backend, partial(_latte_step, q_t, k_t, v_t, state))
+        functions[f"kv {context}"] = (backend, partial(_kv_step, xp, q_t, k_cache, v_cache))
+    times = interleaved_times(functions, repeats, calls=20)
+    rows = []
+    for context in contexts:
+        for method, name in (("latte_step", "latte"), ("kv_cache_softmax", "kv")):
+            seconds = times[f"{name} {context}"]
+            rows.append({"kind": "step", "backend": backend.name, "method": method, "context": context})
+            rows[-1]["seconds"] = seconds
+    return rows
 
-    # Standard attention: the cache holds the context's keys and values, heads first; one query reads them all.
-    k_cache = xp.moveaxis(k_ctx, 0, 1)  # [H, n, D] (L = D here)
-    v_cache = xp.moveaxis(v_ctx, 0, 1)  # [H, n, D]
-    scale = 1 / math.sqrt(D)
 
-    def kv_step() -> Any:
-        scores = (k_cache @ q_t[..., None])[..., 0] * scale  # [H, n]
-        weights = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
-        weights = weights / xp.sum(weights, axis=-1, keepdims=True)
-        return (weights[:, None, :] @ v_cache)[:, 0, :]  # [H, D]
+def _latte_step(q_t: Any, k_t: Any, v_t: Any, state: Any) -> Any:
+    return latte_ref.step(q_t, k_t, v_t, state)[0]
 
-    times = interleaved_times(
-        {"latte": (backend, lambda: latte_ref.step(q_t, k_t, v_t, state)[0]), "kv": (backend, kv_step)},
-        repeats,
-        calls=20,
-    )
-    latte, kv = times["latte"], times["kv"]
-    return [
-        {"kind": "step", "backend": backend.name, "method": "latte_step", "context": context, "seconds": latte},
-        {"kind": "step", "backend": backend.name, "method": "kv_cache_softmax", "context": context, "seconds": kv},
-    ]
+
+def _kv_step(xp: Any, q_t: Any, k_cache: Any, v_cache: Any) -> Any:
+    scores = (k_cache @ q_t[..., None])[..., 0] * (1 / math.sqrt(D))  # [H, n]
+    weights = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
+    weights = weights / xp.sum(weights, axis=-1, keepdims=True)
+    return (weights[:, None, :] @ v_cache)[:, 0, :]  # [H, D]
 
 
 def scan_rows(backend: backends.Backend, n_tokens: int, repeats: int) -> list[dict[str, Any]]:

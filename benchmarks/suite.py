@@ -28,7 +28,7 @@ from hf_rows import generation_rows
 from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
 from points import chunk_rows, point_rows
 from targets import summarise_targets, verdict
-from timing import MIN_REPEATS, busy_by_others, cpu_counters, others_cores, thread_pools
+from timing import MIN_REPEATS, busy_by_others, cpu_counters, others_cores, steady_allocator, thread_pools
 from timing import busy as machine_busy
 
 from latte_ref import backends
@@ -63,6 +63,17 @@ class Config:
     quick: bool = False
     compiled: bool = False  # torch.compile rows: minutes of compiling
     generation: tuple[int, ...] = ()  # prompt lengths of the Hugging Face generation rows (none by default)
+
+    @property
+    def target_repeats(self) -> int:
+        """Rounds at the targets' T: a quick run's calls there take milliseconds, and with 5 rounds the
+        GEMM floor's minimum came out at 0.41 to 0.91 ms from run to run (see ``target_sessions``)."""
+        return max(self.repeats, 10) if self.quick else self.repeats
+
+    @property
+    def target_sessions(self) -> int:
+        """Sessions of the timings at the targets' T (see ``points.point_rows``); a quick run's take seconds."""
+        return 3 if self.quick else 1
 
     @classmethod
     def quick_config(cls, backends: list[str]) -> Config:
@@ -118,16 +129,19 @@ def plan(config: Config) -> Iterator[Task]:
         for n_tokens in points:
             softmax = tuple(c for c in (False, True) if softmax_bytes(name, n_tokens) <= config.softmax_budget_bytes)
             at_target = n_tokens == config.target_tokens
+            # The T of the targets (the quarter's: standard attention against Latte on PyTorch).
+            compared = n_tokens in (config.target_tokens, max(config.target_tokens // 4, 1024))
             yield Task(
                 f"{name} floor, forms{', packed' if at_target and packed else ''}, softmax T={n_tokens}",
                 partial(
                     point_rows,
                     backend,
                     n_tokens,
-                    config.repeats,
+                    config.target_repeats if compared else config.repeats,
                     softmax=softmax,
                     packed=packed if at_target else None,
                     memory=config.memory,
+                    sessions=config.target_sessions if compared else 1,
                 ),
             )
             # The scan is a Python loop of steps: on other backends each step pays the framework's dispatch.
@@ -147,8 +161,10 @@ def plan(config: Config) -> Iterator[Task]:
                 f"numpy causal chunk_size={','.join(map(str, config.chunk_sizes))}",
                 partial(chunk_rows, backend, config.target_tokens, config.chunk_sizes, config.repeats),
             )
-        for context in config.step_contexts:
-            yield Task(f"{name} step context={context}", partial(step_rows, backend, context, config.repeats))
+        yield Task(
+            f"{name} step contexts={','.join(map(str, config.step_contexts))}",
+            partial(step_rows, backend, config.step_contexts, config.repeats),
+        )
         yield Task(
             f"{name} state scans T={config.target_tokens}",
             partial(scan_rows, backend, config.target_tokens, config.repeats),
@@ -241,6 +257,7 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     rows: list[dict[str, Any]] = []
     output.mkdir(parents=True, exist_ok=True)
     the_machine = machine()
+    the_machine["allocator"] = steady_allocator()
     counters_at_start = cpu_counters()
     started = time.perf_counter()
     for i, task in enumerate(tasks):
