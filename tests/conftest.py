@@ -74,6 +74,9 @@ FULL_ONLY = (
     # 20 to 30 s each on eager JAX (new shapes for every call); their NumPy and torch cases stay
     "test_a_stream_cut_inside_a_document_equals_the_uncut_run[jax-cpu:0-float32-5-causal]",
     "test_causal_is_independent_of_chunk_size[jax-cpu:0-float32-3]",
+    # 8 to 9 s each on eager JAX (a non-finite input takes the per-token form: more shapes to compile)
+    "test_a_nan_stays_in_its_document[jax-cpu:0-float32-causal]",
+    "test_a_bad_key_at_a_documents_first_token_stays_in_its_document[jax-cpu:0-float32-causal-nan]",
 )
 
 
