@@ -259,13 +259,17 @@ def step_rows(backend: backends.Backend, contexts: tuple[int, ...], repeats: int
         functions[f"latte {context}"] = (backend, partial(_latte_step, q_t, k_t, v_t, state))
         functions[f"kv {context}"] = (backend, partial(_kv_step, xp, q_t, k_cache, v_cache))
     times = interleaved_times(functions, repeats, calls=20)
-    rows = []
-    for context in contexts:
-        for method, name in (("latte_step", "latte"), ("kv_cache_softmax", "kv")):
-            seconds = times[f"{name} {context}"]
-            rows.append({"kind": "step", "backend": backend.name, "method": method, "context": context})
-            rows[-1]["seconds"] = seconds
-    return rows
+    return [
+        {
+            "kind": "step",
+            "backend": backend.name,
+            "method": method,
+            "context": context,
+            "seconds": times[f"{name} {context}"],
+        }
+        for context in contexts
+        for method, name in (("latte_step", "latte"), ("kv_cache_softmax", "kv"))
+    ]
 
 
 def _latte_step(q_t: Any, k_t: Any, v_t: Any, state: Any) -> Any:
