@@ -174,11 +174,27 @@ def safe_divide(xp: Any, numerator: Array, denominator: Array) -> Array:
     )
 
 
+HALVED_MAX_SIZE = 1 << 16
+"""From this many elements, NumPy's max along a short last axis is taken by halving it (see :func:`last_axis_max`)."""
+
+
 def last_axis_max(xp: Any, x: Array) -> Array:
-    """``xp.max(x, axis=-1, keepdims=True)``; see :func:`last_axis_sum`."""
-    if is_numpy_namespace(xp):
-        return np.maximum.reduce(x, axis=-1, keepdims=True)
-    return xp.max(x, axis=-1, keepdims=True)
+    """``xp.max(x, axis=-1, keepdims=True)``, the same numbers (nan included), on NumPy in fewer passes for large x.
+
+    NumPy reduces a short last axis row by row: for softmax over L = 32 latents at T = 2,048
+    (H = 4) that took 822 us, against 121 us for the ``exp`` of the same array. Halving the
+    axis with elementwise maxima, ``max(x[:L/2], x[L/2:])`` and so on, runs NumPy's vector loops
+    instead: 384 us. A maximum is the same number in any grouping, and ``np.maximum`` passes a
+    nan on as ``max`` does. Small arrays (a decode step's) keep the one ``reduce``, cheaper there
+    than five calls; so do other libraries, whose ``max`` has no such cost.
+    """
+    if not is_numpy_namespace(xp):
+        return xp.max(x, axis=-1, keepdims=True)
+    if math.prod(x.shape) >= HALVED_MAX_SIZE:
+        while x.shape[-1] > 1 and x.shape[-1] % 2 == 0:
+            half = x.shape[-1] // 2
+            x = np.maximum(x[..., :half], x[..., half:])
+    return np.maximum.reduce(x, axis=-1, keepdims=True)
 
 
 def total(xp: Any, x: Array) -> float:
@@ -216,7 +232,8 @@ def softmax(xp: Any, x: Array, axis: int) -> Array:
     """Numerically stable softmax; a row of all ``-inf`` gives zeros, not ``nan``."""
     if math.prod(x.shape) == 0:  # (Dask's max refuses an empty array even along a non-empty axis)
         return x
-    shift = finite_or_zero(xp, xp.max(x, axis=axis, keepdims=True))
+    largest = last_axis_max(xp, x) if axis in (-1, x.ndim - 1) else xp.max(x, axis=axis, keepdims=True)
+    shift = finite_or_zero(xp, largest)
     weights = xp.exp(x - shift)
     total = xp.sum(weights, axis=axis, keepdims=True)  # >= 1 (the max's own term), or 0 for a row of -inf
     return weights / xp.where(total == 0, xp.ones_like(total), total)

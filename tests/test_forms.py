@@ -189,3 +189,18 @@ def test_inputs_are_not_modified(case, rng):
     latte_ref.definition(q, k, v, causal=True, mask=mask)
     for before, after in zip(exact, (q, k, v)):
         np.testing.assert_array_equal(before, case.numpy(after))
+
+
+@pytest.mark.parametrize("n_latents", [32, 24, 7, 1])
+def test_numpys_halved_last_axis_max_is_numpys_max(n_latents: int) -> None:
+    from latte_ref._array import HALVED_MAX_SIZE, last_axis_max
+
+    rng = np.random.default_rng(n_latents)
+    x = rng.standard_normal((HALVED_MAX_SIZE // n_latents + 3, n_latents)).astype(np.float32)
+    x[0, 0], x[1, -1], x[2] = np.nan, np.inf, -np.inf  # a nan, a +inf and a row of -inf
+    x[3] = 0.0
+    x[3, 0] = -0.0
+    assert x.size >= HALVED_MAX_SIZE  # the halving path
+    np.testing.assert_array_equal(last_axis_max(np, x), np.max(x, axis=-1, keepdims=True))
+    small = x[:4]
+    np.testing.assert_array_equal(last_axis_max(np, small), np.max(small, axis=-1, keepdims=True))
