@@ -16,13 +16,14 @@ Every framework is imported inside its function.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from typing import Any
 
 import numpy as np
 from measurements import PEER_SETTING, random_inputs, scan_latte_layer
-from timing import interleaved_times, session_times
+from timing import interleaved_times
 
 import latte_ref
 from latte_ref import backends
@@ -30,7 +31,7 @@ from latte_ref import backends
 __all__ = ["compiled_targets", "decode_step_rows", "jax_form_rows", "jax_peer_rows", "torch_compile_rows"]
 
 
-def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, Any]]:
+def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100, spread: float = 0.0) -> list[dict[str, Any]]:
     """``jax.jit`` of the causal layer against the authors' scan, both on JAX (CPU), float32."""
     import jax
     import jax.numpy as jnp
@@ -44,7 +45,7 @@ def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[s
     weights = [jax.device_put(jnp.asarray(w), cpu) for w in (params.wq, params.wk, params.wv, params.wo)]
     x_jax = jax.device_put(jnp.asarray(x), cpu)
     params_jax = latte_ref.LatteParams(*weights, n_heads=setting["n_heads"])
-    ours = jax.jit(lambda x, p: latte_ref.latte_attention(x, p, causal=True))
+    ours = _jitted_causal_layer()
     peer = scan_latte_layer(setting["n_heads"], unroll)
     row: dict[str, Any] = {"kind": "jax_peer", "backend": "jax", "T": n_tokens, **setting, "unroll": unroll}
     start = time.perf_counter()
@@ -61,26 +62,40 @@ def jax_peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[s
     times = interleaved_times(
         {"ours": (jax_backend, lambda: ours(x_jax, params_jax)), "peer": (jax_backend, lambda: peer(x_jax, *weights))},
         repeats,
+        spread=spread,
     )
     row["jax_causal_layer_jit_seconds"], row["jax_scan_seconds"] = times["ours"], times["peer"]
     row["seconds"] = row["jax_causal_layer_jit_seconds"]
     return [row]
 
 
-def jax_form_rows(n_tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """``jax.jit`` of ``causal`` and of ``bidirectional`` at B = 1, H = 4, L = D = 32, float32."""
+@functools.cache
+def _jitted_causal_layer() -> Any:
+    """``jax.jit`` of the causal layer, made once per process: a second pass of the run does not compile again."""
     import jax
 
+    return jax.jit(lambda x, p: latte_ref.latte_attention(x, p, causal=True))
+
+
+@functools.cache
+def _jitted(fn: Any) -> Any:
+    import jax
+
+    return jax.jit(fn)
+
+
+def jax_form_rows(n_tokens: int, repeats: int, spread: float = 0.0) -> list[dict[str, Any]]:
+    """``jax.jit`` of ``causal`` and of ``bidirectional`` at B = 1, H = 4, L = D = 32, float32.
+
+    Calls of a millisecond or two, on inputs made for this call: XLA's thread pool makes single
+    calls jitter by tens of percent, and 30 rounds in one place still gave causal / bidirectional
+    3.6 to 4.5 from run to run; the suite takes this measurement in three passes.
+    """
     backend = backends.get_backend("jax")
-    compiled = {form: jax.jit(getattr(latte_ref, form)) for form in ("causal", "bidirectional")}
-
-    def calls() -> dict[str, tuple[Any, Any]]:
-        q, k, v = (backend.asarray(a, dtype="float32") for a in random_inputs(n_tokens))
-        return {form: (backend, lambda fn=fn: fn(q, k, v)) for form, fn in compiled.items()}
-
-    # Calls of a millisecond or two: XLA's thread pool makes single calls jitter by tens of percent, and
-    # 30 rounds in one session still gave causal / bidirectional 3.6 to 4.5 from run to run.
-    times = session_times(calls, max(repeats, 10), sessions=3)
+    q, k, v = (backend.asarray(a, dtype="float32") for a in random_inputs(n_tokens))
+    jitted = {form: _jitted(getattr(latte_ref, form)) for form in ("causal", "bidirectional")}
+    calls = {form: (backend, lambda fn=fn: fn(q, k, v)) for form, fn in jitted.items()}
+    times = interleaved_times(calls, max(repeats, 10), spread=spread)
     return [{"kind": "jit_form", "backend": "jax", "form": f, "T": n_tokens, "seconds": t} for f, t in times.items()]
 
 
@@ -135,7 +150,9 @@ def torch_compile_rows(lengths: tuple[int, int], repeats: int) -> list[dict[str,
     return rows
 
 
-def decode_step_rows(backend_names: tuple[str, ...], repeats: int, n_cached: int = 1024) -> list[dict[str, Any]]:
+def decode_step_rows(
+    backend_names: tuple[str, ...], repeats: int, n_cached: int = 1024, spread: float = 0.0
+) -> list[dict[str, Any]]:
     """One decode ``step`` per backend, against SDPA reading ``n_cached`` keys, all timed in one round robin.
 
     ``step`` runs eagerly on NumPy and PyTorch, under ``torch.compile(fullgraph=True)`` (the
@@ -156,7 +173,7 @@ def decode_step_rows(backend_names: tuple[str, ...], repeats: int, n_cached: int
         t_backend = backends.get_backend("torch")
         tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
         t_state = latte_ref.LatteState(*(torch.from_numpy(np.asarray(a)) for a in state))
-        compiled_step = torch.compile(latte_ref.step, fullgraph=True)
+        compiled_step = _compiled_step()
         start = time.perf_counter()
         with warnings.catch_warnings():  # dynamo's notes on array-api-compat's lru_cache'd helpers
             warnings.simplefilter("ignore", UserWarning)
@@ -173,14 +190,15 @@ def decode_step_rows(backend_names: tuple[str, ...], repeats: int, n_cached: int
         j_backend = backends.get_backend("jax")
         jq, jk, jv = (j_backend.asarray(a, dtype="float32") for a in (q, k, v))
         j_state = latte_ref.LatteState(*(j_backend.asarray(np.asarray(a), dtype="float32") for a in state))
-        jitted_step = jax.jit(latte_ref.step)
+        jitted_step = _jitted(latte_ref.step)
         start = time.perf_counter()
         jax.block_until_ready(jitted_step(jq, jk, jv, j_state))
         compile_seconds["jax.jit step"] = time.perf_counter() - start
         functions["jax.jit step"] = (j_backend, lambda: jitted_step(jq, jk, jv, j_state)[0])
     # Calls of microseconds: rounds are cheap; SDPA's two threads sleep or spin for many rounds at a time,
-    # so three sessions (NumPy step / SDPA read 0.66 to 1.04 from run to run with one session of 20 rounds).
-    times = session_times(lambda: functions, max(repeats, 10), sessions=3, calls=50)
+    # so the suite takes this in three passes (NumPy step / SDPA read 0.66 to 1.04 from run to run with one
+    # session of 20 rounds).
+    times = interleaved_times(functions, max(repeats, 10), calls=50, spread=spread)
     return [
         {
             "kind": "decode_step",
@@ -191,6 +209,14 @@ def decode_step_rows(backend_names: tuple[str, ...], repeats: int, n_cached: int
         }
         for name, seconds in times.items()
     ]
+
+
+@functools.cache
+def _compiled_step() -> Any:
+    """``torch.compile(step, fullgraph=True)``, made once per process (its first call compiles)."""
+    import torch
+
+    return torch.compile(latte_ref.step, fullgraph=True)
 
 
 def compiled_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, str, float | None]]:

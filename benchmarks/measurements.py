@@ -9,6 +9,7 @@ here, not in the ``latte_ref`` core; each imports its framework inside its funct
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
@@ -236,11 +237,14 @@ def softmax_bytes(backend_name: str, n_tokens: int) -> int:
     return 2 * heads * n_tokens * n_tokens * 4 + (n_tokens * n_tokens if backend_name == "numpy" else 0)
 
 
-def step_rows(backend: backends.Backend, contexts: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+def step_rows(
+    backend: backends.Backend, contexts: tuple[int, ...], repeats: int, spread: float = 0.0
+) -> list[dict[str, Any]]:
     """Per-token cost after each context: Latte ``step`` against standard attention with a KV cache.
 
-    Every context's two functions are timed in the same rounds: the flat-cost target compares
-    steps of microseconds, which drift by tens of percent between rounds timed apart.
+    Every context's two functions are timed in the same rounds, spread over ``spread`` seconds:
+    the flat-cost target compares steps of microseconds, which drift by tens of percent between
+    rounds timed apart, and run at the machine's slow speed for milliseconds at a time.
     """
     rng = np.random.default_rng(2)
     xp = backend.namespace()
@@ -258,7 +262,7 @@ def step_rows(backend: backends.Backend, contexts: tuple[int, ...], repeats: int
         v_cache = xp.moveaxis(v_ctx, 0, 1)  # [H, n, D]
         functions[f"latte {context}"] = (backend, partial(_latte_step, q_t, k_t, v_t, state))
         functions[f"kv {context}"] = (backend, partial(_kv_step, xp, q_t, k_cache, v_cache))
-    times = interleaved_times(functions, repeats, calls=20)
+    times = interleaved_times(functions, repeats, calls=20, spread=spread)
     return [
         {
             "kind": "step",
@@ -315,12 +319,14 @@ PEER_SETTING = {"batch": 2, "d_model": 128, "n_latents": 128, "n_heads": 4}
 """The authors' setting for their causal layer: B = 2, d_model = L = 128 (32 latents per head), H = 4."""
 
 
+@functools.cache
 def scan_latte_layer(n_heads: int, unroll: int = 100) -> Callable[..., Any]:
     """A causal Latte layer written as the authors' code computes it: a ``jax.lax.scan`` over tokens, under ``jit``.
 
     The carry is the running max, normaliser and numerator of every latent, updated token by
     token, as in their ``StableScanLatte`` (unrolled 100 steps by default, as theirs); the projections
-    and head split are those of :func:`latte_ref.latte_attention`.
+    and head split are those of :func:`latte_ref.latte_attention`. Made once per process and setting:
+    the run's later passes reuse its compilation.
     """
     import jax
     import jax.numpy as jnp
@@ -355,7 +361,7 @@ def scan_latte_layer(n_heads: int, unroll: int = 100) -> Callable[..., Any]:
     return jax.jit(layer)
 
 
-def peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, Any]]:
+def peer_rows(n_tokens: int, repeats: int, unroll: int = 100, spread: float = 0.0) -> list[dict[str, Any]]:
     """The NumPy causal layer against the scan peer on JAX (CPU), after checking they agree to 1e-5."""
     import jax
     import jax.numpy as jnp
@@ -384,6 +390,7 @@ def peer_rows(n_tokens: int, repeats: int, unroll: int = 100) -> list[dict[str, 
             "jax": (jax_backend, lambda: peer(x_jax, *weights)),
         },
         repeats,
+        spread=spread,
     )
     row["numpy_causal_layer_seconds"], row["jax_scan_seconds"] = times["numpy"], times["jax"]
     row["seconds"] = row["numpy_causal_layer_seconds"]

@@ -18,7 +18,7 @@ from timing import interleaved_times
 
 from latte_ref import backends
 
-__all__ = ["chunk_rows", "point_rows"]
+__all__ = ["chunk_rows", "mark_below_floor", "point_rows"]
 
 
 def point_rows(
@@ -30,26 +30,19 @@ def point_rows(
     softmax: tuple[bool, ...] = (False, True),
     packed: int | None = None,
     memory: bool = True,
-    sessions: int = 1,
+    spread: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Floor, ``forms`` (and with ``packed``, their rows of that many packed documents) and softmax at T.
 
-    With ``sessions`` > 1 the group is timed that many times, each on inputs allocated afresh,
-    and each function keeps its fastest session. On the 2-core machine the GEMM floor and the
-    bidirectional form (both a few large BLAS products) at T = 2,048 ran in one of two modes,
-    0.40 to 0.43 ms and 2.0 to 2.1 ms or 0.69 to 0.83 ms and 3.1 to 3.3 ms, switching between
-    sessions of one process as well as between processes, while causal stayed at 4.8 to 5.7 ms:
-    a single session's ratio to the floor moved by a factor of two.
+    Every function on inputs of its own, allocated now, in rounds spread over ``spread`` seconds
+    (``timing.SPREAD_SECONDS``). A form timed faster than the floor has the group timed again.
     """
     errors: dict[str, str] = {}
-    times: dict[str, float] = {}
-    for _ in range(sessions):
-        functions = _functions(backend, n_tokens, forms, softmax, packed)
-        session = _times(functions, repeats, errors)
-        if _below_floor(session):  # a form faster than the products it is made of: a hiccup of the machine, once
-            session = _times(functions, repeats, errors)
-        times = {name: min(seconds, times.get(name, seconds)) for name, seconds in session.items()}
-        del functions
+    functions = _functions(backend, n_tokens, forms, softmax, packed)
+    times = _times(functions, repeats, errors, spread)
+    if _below_floor(times):  # a form faster than the products it is made of: a hiccup of the machine, once
+        times = _times(functions, repeats, errors, spread)
+    del functions
     impossible = _below_floor(times)
 
     rows: list[dict[str, Any]] = [{"kind": "floor", "backend": backend.name, "T": n_tokens, "seconds": times["floor"]}]
@@ -69,6 +62,23 @@ def point_rows(
             row.update({"error": errors[name]} if name in errors else {"seconds": times[name]})
             rows.append(row)
     return rows
+
+
+def mark_below_floor(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``below_floor`` set on each form faster than the GEMM floor of its backend and T, and only there.
+
+    For rows whose times were merged from several passes (``timing.fastest_rows``): a form and
+    its floor may each have kept another pass's time.
+    """
+    floors = {(r["backend"], r["T"]): r["seconds"] for r in rows if r.get("kind") == "floor" and "seconds" in r}
+    out = []
+    for row in rows:
+        floor = floors.get((row.get("backend"), row.get("T")))
+        row = {k: v for k, v in row.items() if k != "below_floor"}
+        if row.get("kind") == "form" and floor is not None and row.get("seconds", floor) < floor:
+            row["below_floor"] = True
+        out.append(row)
+    return out
 
 
 def _functions(
@@ -100,17 +110,17 @@ def chunk_rows(
     ]
 
 
-def _times(functions: dict[str, Any], repeats: int, errors: dict[str, str]) -> dict[str, float]:
+def _times(functions: dict[str, Any], repeats: int, errors: dict[str, str], spread: float) -> dict[str, float]:
     """Interleaved times; standard attention that runs out of memory is left out with its error, not fatal."""
     try:
-        return interleaved_times({k: v for k, v in functions.items() if k not in errors}, repeats)
+        return interleaved_times({k: v for k, v in functions.items() if k not in errors}, repeats, spread=spread)
     except (MemoryError, RuntimeError) as exc:  # out of memory in the framework: retry without softmax
         for name in functions:
             if name.startswith("softmax"):
                 errors[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
         if not errors:
             raise
-        return interleaved_times({k: v for k, v in functions.items() if k not in errors}, repeats)
+        return interleaved_times({k: v for k, v in functions.items() if k not in errors}, repeats, spread=spread)
 
 
 def _below_floor(times: dict[str, float]) -> set[str]:

@@ -26,9 +26,18 @@ from typing import Any
 from compiled import decode_step_rows, jax_form_rows, jax_peer_rows, torch_compile_rows
 from hf_rows import generation_rows
 from measurements import form_row, machine, peer_rows, scan_rows, sizes, softmax_bytes, step_rows
-from points import chunk_rows, point_rows
+from points import chunk_rows, mark_below_floor, point_rows
 from targets import summarise_targets, verdict
-from timing import MIN_REPEATS, busy_by_others, cpu_counters, others_cores, steady_allocator, thread_pools
+from timing import (
+    MIN_REPEATS,
+    SPREAD_SECONDS,
+    busy_by_others,
+    cpu_counters,
+    fastest_rows,
+    others_cores,
+    steady_allocator,
+    thread_pools,
+)
 from timing import busy as machine_busy
 
 from latte_ref import backends
@@ -49,6 +58,7 @@ class Config:
     max_tokens: int = 1 << 20
     max_tokens_other: int = 1 << 17  # for backends other than NumPy, and for the recurrent scan
     repeats: int = MIN_REPEATS
+    spread: float = SPREAD_SECONDS  # seconds over which the rounds of each measurement a target compares are spread
     softmax_budget_bytes: int = 6 << 30  # skip standard attention beyond this estimated memory
     chunk_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
     target_tokens: int = 16_384
@@ -61,18 +71,21 @@ class Config:
     packed_documents: int = 64  # documents of random lengths packed in one row of target_tokens
     memory: bool = True
     quick: bool = False
+    # Eager JAX's forms, steps and scans, which no target reads: each operation compiles on its first
+    # use (332 compilations, 8.3 s, for causal's first call at T = 1,024), a fifth of a quick run.
+    eager_jax: bool = True
     compiled: bool = False  # torch.compile rows: minutes of compiling
     generation: tuple[int, ...] = ()  # prompt lengths of the Hugging Face generation rows (none by default)
 
     @property
     def target_repeats(self) -> int:
         """Rounds at the targets' T: a quick run's calls there take milliseconds, and with 5 rounds the
-        GEMM floor's minimum came out at 0.41 to 0.91 ms from run to run (see ``target_sessions``)."""
+        GEMM floor's minimum came out at 0.41 to 0.91 ms from run to run (see ``target_passes``)."""
         return max(self.repeats, 10) if self.quick else self.repeats
 
     @property
-    def target_sessions(self) -> int:
-        """Sessions of the timings at the targets' T (see ``points.point_rows``); a quick run's take seconds."""
+    def target_passes(self) -> int:
+        """Passes over the measurements the targets compare (see ``Task.passes``); a quick run's take seconds."""
         return 3 if self.quick else 1
 
     @classmethod
@@ -82,8 +95,8 @@ class Config:
             max_tokens=2048,
             max_tokens_other=2048,
             recurrent_max_tokens_other=0,
-            max_tokens_jax=1024,
             peer_unroll=4,
+            eager_jax=False,
             softmax_budget_bytes=64 << 20,
             chunk_sizes=(16, 32, 64),
             target_tokens=2048,
@@ -110,6 +123,19 @@ class Task:
     label: str
     run: Callable[[], list[dict[str, Any]]]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    passes: int = 1
+    """How many times the run takes this measurement, once in each of its passes over the plan.
+
+    Each function keeps its fastest pass (``timing.fastest_rows``), on inputs allocated afresh for
+    it. Two things change a timing for many rounds at a time. BLAS products run in one of two
+    modes by how their arrays were placed: the GEMM floor and the bidirectional form at T = 2,048
+    took 0.40 to 0.43 ms and 2.0 to 2.1 ms or 0.69 to 0.83 ms and 3.1 to 3.3 ms, while causal
+    stayed at 4.8 to 5.7 ms, so one placement's ratio to the floor moved by a factor of two. And
+    the machine's speed changes for seconds: with each measurement taken in one place (three
+    sets of inputs back to back, rounds spread over a second), the NumPy step took 27 to 30 us in
+    ten quick runs and 42 to 43 us throughout in two. Later passes come after the whole plan,
+    seconds apart.
+    """
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -117,7 +143,11 @@ class Task:
 
 def plan(config: Config) -> Iterator[Task]:
     """Every measurement of the run, in order (cheap first, so a partial run is still useful)."""
+    passes = config.target_passes
+    spread = config.spread / passes  # each pass's share of a compared measurement's rounds
     for name in config.backends:
+        if name == "jax" and not config.eager_jax:
+            continue  # JAX is still timed under jax.jit below
         backend = backends.get_backend(name)
         upto = config.max_tokens if name == "numpy" else config.max_tokens_other
         if name == "jax":
@@ -129,8 +159,10 @@ def plan(config: Config) -> Iterator[Task]:
         for n_tokens in points:
             softmax = tuple(c for c in (False, True) if softmax_bytes(name, n_tokens) <= config.softmax_budget_bytes)
             at_target = n_tokens == config.target_tokens
-            # The T of the targets (the quarter's: standard attention against Latte on PyTorch).
-            compared = n_tokens in (config.target_tokens, max(config.target_tokens // 4, 1024))
+            # The T of the targets (the quarter's: standard attention against Latte on PyTorch). No target
+            # reads eager JAX's forms.
+            quarter = max(config.target_tokens // 4, 1024)
+            compared = name != "jax" and n_tokens in (config.target_tokens, quarter)
             yield Task(
                 f"{name} floor, forms{', packed' if at_target and packed else ''}, softmax T={n_tokens}",
                 partial(
@@ -141,8 +173,9 @@ def plan(config: Config) -> Iterator[Task]:
                     softmax=softmax,
                     packed=packed if at_target else None,
                     memory=config.memory,
-                    sessions=config.target_sessions if compared else 1,
+                    spread=spread if compared else 0.0,
                 ),
+                passes=passes if compared else 1,
             )
             # The scan is a Python loop of steps: on other backends each step pays the framework's dispatch.
             recurrent_upto = config.max_tokens_other if name == "numpy" else config.recurrent_max_tokens_other
@@ -161,9 +194,11 @@ def plan(config: Config) -> Iterator[Task]:
                 f"numpy causal chunk_size={','.join(map(str, config.chunk_sizes))}",
                 partial(chunk_rows, backend, config.target_tokens, config.chunk_sizes, config.repeats),
             )
+        compared = name == "numpy"  # only NumPy's steps are compared by a target
         yield Task(
             f"{name} step contexts={','.join(map(str, config.step_contexts))}",
-            partial(step_rows, backend, config.step_contexts, config.repeats),
+            partial(step_rows, backend, config.step_contexts, config.repeats, spread if compared else 0.0),
+            passes=passes if compared else 1,
         )
         yield Task(
             f"{name} state scans T={config.target_tokens}",
@@ -173,20 +208,28 @@ def plan(config: Config) -> Iterator[Task]:
         for n_tokens in config.peer_tokens:
             yield Task(
                 f"authors' scan (jax) vs numpy layer T={n_tokens}",
-                partial(peer_rows, n_tokens, config.repeats, config.peer_unroll),
+                partial(peer_rows, n_tokens, config.repeats, config.peer_unroll, spread),
+                passes=passes,
             )
     if "jax" in config.backends:
         for n_tokens in config.peer_tokens:
             yield Task(
                 f"jax jit causal layer vs authors' scan T={n_tokens}",
-                partial(jax_peer_rows, n_tokens, config.repeats, config.peer_unroll),
+                partial(jax_peer_rows, n_tokens, config.repeats, config.peer_unroll, spread),
+                passes=passes,
             )
+        # Calls of a millisecond or less, three passes in every run: they cost a second or two each.
         yield Task(
             f"jax jit causal, bidirectional T={config.target_tokens}",
-            partial(jax_form_rows, config.target_tokens, config.repeats),
+            partial(jax_form_rows, config.target_tokens, config.repeats, config.spread / 3),
+            passes=3,
         )
     if "torch" in config.backends:
-        yield Task("decode step against SDPA", partial(decode_step_rows, tuple(config.backends), config.repeats))
+        yield Task(
+            "decode step against SDPA",
+            partial(decode_step_rows, tuple(config.backends), config.repeats, spread=config.spread / 3),
+            passes=3,
+        )
     if config.compiled and "torch" in config.backends:
         lengths = (config.target_tokens // 8, config.target_tokens // 4)
         yield Task(f"torch.compile causal layer T={lengths}", partial(torch_compile_rows, lengths, config.repeats))
@@ -260,13 +303,16 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     the_machine["allocator"] = steady_allocator()
     counters_at_start = cpu_counters()
     started = time.perf_counter()
-    for i, task in enumerate(tasks):
+    # Pass 1 takes every measurement; pass p > 1 takes again those of the tasks with p passes or more.
+    schedule = [(p, task) for p in range(1, max(t.passes for t in tasks) + 1) for task in tasks if task.passes >= p]
+    for i, (p, task) in enumerate(schedule):
         if progress:
-            progress(i, len(tasks), task.label, started)
-        rows.extend(task.run())
+            progress(i, len(schedule), task.label + (f" (pass {p})" if p > 1 else ""), started)
+        task.rows = task.run() if p == 1 else mark_below_floor(fastest_rows(task.rows, task.run()))
+        rows = [row for t in tasks for row in t.rows]
         _write(output, config, the_machine, rows, started)  # after every task: a cut run keeps its rows
     if progress:
-        progress(len(tasks), len(tasks), "done", started)
+        progress(len(schedule), len(schedule), "done", started)
     the_machine["load_average_at_end"] = list(os.getloadavg())
     counters_at_end = cpu_counters()
     if counters_at_start is not None and counters_at_end is not None:

@@ -3,7 +3,9 @@
 A ratio of two timings says something only when both were taken under the same
 conditions. So the functions a target compares are timed together, round by round
 (each round calls every one of them once, in a rotating order), and each keeps the
-minimum of its rounds after a discarded warm-up; while one library runs, the thread
+minimum of its rounds after a discarded warm-up. Those rounds are spread over at least
+``SPREAD_SECONDS`` (see there): the machine's own speed changes from one moment to the
+next, and a minimum taken over a few milliseconds says which moment it was. While one library runs, the thread
 pools of the others (OpenBLAS of NumPy, the OpenMP of PyTorch, ...) are held to one
 thread through threadpoolctl, so that their idle spinning does not take the cores.
 The CPU time the whole machine spent during the run, less the run's own, says whether
@@ -25,10 +27,12 @@ from typing import Any
 __all__ = [
     "BUSY_LOAD_PER_CORE",
     "MIN_REPEATS",
+    "SPREAD_SECONDS",
     "best_time",
     "busy",
     "busy_by_others",
     "cpu_counters",
+    "fastest_rows",
     "interleaved_times",
     "numpy_peak_bytes",
     "others_cores",
@@ -46,21 +50,34 @@ Before the run the whole 1-minute load average is someone else's. After it, the 
 accounts for up to 1 per core (the libraries use every core), so the bound there is 1 + this.
 """
 
+SPREAD_SECONDS = 1.0
+"""The wall time over which the rounds of a measurement that a target compares are spread.
+
+On the 2-core machine (a virtual machine) the same call runs at one of two speeds, switching
+every few milliseconds to seconds while nothing else runs: a 16-element ``np.add`` took
+380 to 420 ns or 600 to 800 ns in consecutive 2.5 ms samples of one process. Work bound by
+Python and dispatch slows most (Latte's ``step``, 28 against 40 to 50 us), work bound by
+memory least, so the ratio of the two moves with the moment it was taken: a product reading
+8,192 cached keys / Latte's step read 3.7 to 5.8 over 5 rounds of 20 calls (3 ms) in eight
+processes, and 5.1 to 5.6 in seven of them (4.3 in the eighth) over rounds spread across a second.
+"""
+
 SLOW_CALL_SECONDS = 20.0
 """A warm-up call this long is its own measurement: repeating it would cost minutes."""
 
 
 def interleaved_times(
-    functions: dict[str, tuple[Any, Callable[[], Any]]], repeats: int, calls: int = 1
+    functions: dict[str, tuple[Any, Callable[[], Any]]], repeats: int, calls: int = 1, spread: float = 0.0
 ) -> dict[str, float]:
-    """The minimum wall time of each function over ``repeats`` interleaved rounds, after one warm-up call each.
+    """The minimum wall time of each function over interleaved rounds, after one warm-up call each.
 
     ``functions`` maps a name to ``(backend, fn)``: ``backend.synchronize`` waits for the
     result, and the other libraries' thread pools are quiet while ``fn`` runs. Round r calls
     the functions in the order rotated by r, so none is always first after another's work.
-    With ``calls`` > 1 a round times that many calls in a row and keeps their mean: for
-    functions of microseconds, whose first call after the thread pools were resized (by
-    another library's turn) pays for waking the threads.
+    There are ``repeats`` rounds, and more until the rounds have taken ``spread`` seconds
+    (see ``SPREAD_SECONDS``). With ``calls`` > 1 a round times that many calls in a row and
+    keeps their mean: for functions of microseconds, whose first call after the thread pools
+    were resized (by another library's turn) pays for waking the threads.
     """
     names = list(functions)
     best = dict.fromkeys(names, math.inf)
@@ -69,27 +86,29 @@ def interleaved_times(
         if seconds > SLOW_CALL_SECONDS:
             best[name] = seconds
     rounds = [name for name in names if best[name] == math.inf]
-    for r in range(max(repeats, 1)):
+    started, r = time.perf_counter(), 0
+    while rounds and (r < max(repeats, 1) or time.perf_counter() - started < spread):
         for i in range(len(rounds)):
             name = rounds[(i + r) % len(rounds)]
             best[name] = min(best[name], _timed(*functions[name], calls=calls))
+        r += 1
     return best
 
 
-def session_times(
-    make_functions: Callable[[], dict[str, tuple[Any, Callable[[], Any]]]], repeats: int, sessions: int, calls: int = 1
-) -> dict[str, float]:
-    """:func:`interleaved_times` over ``sessions`` sets of functions made afresh; each keeps its fastest session.
+TIMES = ("seconds", "numpy_causal_layer_seconds", "jax_scan_seconds", "jax_causal_layer_jit_seconds")
+"""The fields of a row that are one function's time (a first call's compile time is not: it is paid once)."""
 
-    Some timings switch between modes that last for many rounds (a BLAS product on arrays placed
-    one way or another, a thread pool asleep or awake): more rounds in one session do not leave
-    the slow mode, while sessions on inputs allocated anew each get another chance.
+
+def fastest_rows(first: list[dict[str, Any]], later: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of one measurement taken in two passes of a run: each time the faster pass's, the rest the first's.
+
+    A row's times (``TIMES``) are each function's own minimum, so a function keeps its fastest
+    pass, as within a pass it keeps its fastest round. Rows that do not pair up (a pass that
+    measured something else) leave the first pass's rows as they were.
     """
-    best: dict[str, float] = {}
-    for _ in range(max(sessions, 1)):
-        times = interleaved_times(make_functions(), repeats, calls)
-        best = {name: min(seconds, best.get(name, seconds)) for name, seconds in times.items()}
-    return best
+    if len(first) != len(later) or any(a.get("kind") != b.get("kind") for a, b in zip(first, later)):
+        return first
+    return [{**a, **{key: min(a[key], b[key]) for key in TIMES if key in a and key in b}} for a, b in zip(first, later)]
 
 
 def best_time(fn: Callable[[], Any], backend: Any, repeats: int) -> float:

@@ -115,6 +115,22 @@ def test_interleaved_timing_takes_the_minimum_of_every_round():
     assert calls == ["a"] * (1 + 2 * 3)
 
 
+def test_rounds_go_on_until_they_span_the_spread():
+    import time
+
+    from latte_ref import backends
+
+    timing = _benchmarks_module("timing")
+    calls: list[float] = []
+    numpy = backends.get_backend("numpy")
+    started = time.perf_counter()
+    timing.interleaved_times({"a": (numpy, lambda: calls.append(time.perf_counter()))}, repeats=2, spread=0.05)
+    assert calls[-1] - started >= 0.05 and len(calls) > 3  # more rounds than repeats, over at least the spread
+    calls.clear()
+    timing.interleaved_times({"a": (numpy, lambda: calls.append(0.0))}, repeats=2)
+    assert len(calls) == 1 + 2  # no spread: the warm-up and the repeats
+
+
 def test_cpu_counters_see_this_process_work():
     timing = _benchmarks_module("timing")
     before = timing.cpu_counters()
@@ -125,14 +141,44 @@ def test_cpu_counters_see_this_process_work():
     assert total > 0 and after[1] > before[1] and after[0] >= before[0]
 
 
-def test_sessions_keep_each_functions_fastest_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    timing = _benchmarks_module("timing")
+def test_a_measurement_in_several_passes_keeps_each_functions_fastest_pass(tmp_path, monkeypatch):
+    timing, points, suite = (_benchmarks_module(name) for name in ("timing", "points", "suite"))
+    floor = {"kind": "floor", "backend": "numpy", "T": 8, "seconds": 1.0}
+    causal = {"kind": "form", "backend": "numpy", "form": "causal", "T": 8, "seconds": 3.0, "peak_bytes": 7}
+    peer = {"kind": "peer", "numpy_causal_layer_seconds": 2.0, "jax_scan_seconds": 4.0, "ours_compile_seconds": 9.0}
+    later = [
+        {**floor, "seconds": 2.0},
+        {**causal, "seconds": 0.5, "peak_bytes": 8},
+        {**peer, "numpy_causal_layer_seconds": 3.0, "jax_scan_seconds": 1.0, "ours_compile_seconds": 0.1},
+    ]
+    merged = timing.fastest_rows([floor, causal, peer], later)
+    assert [r.get("seconds") for r in merged] == [1.0, 0.5, None]
+    assert merged[1]["peak_bytes"] == 7  # what is not a time stays the first pass's
+    assert (merged[2]["numpy_causal_layer_seconds"], merged[2]["jax_scan_seconds"]) == (2.0, 1.0)
+    assert merged[2]["ours_compile_seconds"] == 9.0  # a compile is paid once: not a time to minimise
+    assert timing.fastest_rows([floor], [causal]) == [floor]  # rows that do not pair up: the first pass's
+    # Each kept its fastest pass, and causal's (0.5) is now below the floor's (1.0): marked, and unmarked again.
+    marked = points.mark_below_floor(merged)
+    assert marked[1]["below_floor"] is True and "below_floor" not in marked[0]
+    assert "below_floor" not in points.mark_below_floor([floor, {**marked[1], "seconds": 1.5}])[1]
 
-    sessions = iter([{"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 3.0}, {"a": 1.5, "b": 0.5}])
-    made: list[int] = []
-    monkeypatch.setattr(timing, "interleaved_times", lambda functions, repeats, calls=1: next(sessions))
-    best = timing.session_times(lambda: made.append(1) or {}, repeats=5, sessions=3)
-    assert best == {"a": 1.0, "b": 0.5} and len(made) == 3  # functions made afresh for each session
+    # The run takes a task with three passes three times, after the whole plan, and keeps each time's minimum.
+    seconds = iter([3.0, 1.0, 2.0])
+    order: list[str] = []
+
+    def measured() -> list[dict]:
+        order.append("passes")
+        return [{"kind": "step", "backend": "numpy", "method": "m", "context": 1, "seconds": next(seconds)}]
+
+    def once() -> list[dict]:
+        order.append("once")
+        return []
+
+    tasks = [suite.Task("three passes", measured, passes=3), suite.Task("one pass", once)]
+    monkeypatch.setattr(suite, "plan", lambda config: iter(tasks))
+    result = suite.run(suite.Config.quick_config(["numpy"]), tmp_path)
+    assert order == ["passes", "once", "passes", "passes"]
+    assert [r["seconds"] for r in result["rows"]] == [1.0]
 
 
 def test_the_allocator_is_fixed_on_glibc_and_left_alone_elsewhere() -> None:
