@@ -319,14 +319,13 @@ PEER_SETTING = {"batch": 2, "d_model": 128, "n_latents": 128, "n_heads": 4}
 """The authors' setting for their causal layer: B = 2, d_model = L = 128 (32 latents per head), H = 4."""
 
 
-@functools.cache
 def scan_latte_layer(n_heads: int, unroll: int = 100) -> Callable[..., Any]:
     """A causal Latte layer written as the authors' code computes it: a ``jax.lax.scan`` over tokens, under ``jit``.
 
     The carry is the running max, normaliser and numerator of every latent, updated token by
     token, as in their ``StableScanLatte`` (unrolled 100 steps by default, as theirs); the projections
-    and head split are those of :func:`latte_ref.latte_attention`. Made once per process and setting:
-    the run's later passes reuse its compilation.
+    and head split are those of :func:`latte_ref.latte_attention`. Each call makes a new function,
+    compiled on its first call.
     """
     import jax
     import jax.numpy as jnp
@@ -361,6 +360,12 @@ def scan_latte_layer(n_heads: int, unroll: int = 100) -> Callable[..., Any]:
     return jax.jit(layer)
 
 
+@functools.cache
+def _peer_layer(n_heads: int, unroll: int) -> Callable[..., Any]:
+    """This process's scan for :func:`peer_rows`, so that the run's later passes do not compile it again."""
+    return scan_latte_layer(n_heads, unroll)
+
+
 def peer_rows(n_tokens: int, repeats: int, unroll: int = 100, spread: float = 0.0) -> list[dict[str, Any]]:
     """The NumPy causal layer against the scan peer on JAX (CPU), after checking they agree to 1e-5."""
     import jax
@@ -375,7 +380,7 @@ def peer_rows(n_tokens: int, repeats: int, unroll: int = 100, spread: float = 0.
     cpu = jax.devices("cpu")[0]
     weights = [jax.device_put(jnp.asarray(w), cpu) for w in (params.wq, params.wk, params.wv, params.wo)]
     x_jax = jax.device_put(jnp.asarray(x), cpu)
-    peer = scan_latte_layer(setting["n_heads"], unroll)
+    peer = _peer_layer(setting["n_heads"], unroll)
     theirs = np.asarray(peer(x_jax, *weights))
     error = float(np.max(np.abs(theirs - ours)) / np.max(np.abs(ours)))
     row: dict[str, Any] = {"kind": "peer", "backend": "numpy", "T": n_tokens, **setting, "unroll": unroll}

@@ -5,7 +5,9 @@ rows) and standard attention are timed in the same rounds (see ``timing.py``), s
 a ratio of two of them is taken under one load. No form can be faster than its GEMM
 floor, which does only the two products every form does: a form that measures faster
 is timed again, group and all, and if it still is its row carries ``below_floor`` and
-the targets built on it are "unreliable" rather than met or missed.
+the targets built on it are "unreliable" rather than met or missed. Where a measurement is
+taken in several passes of the run, the flag is set again on the fastest times it keeps
+(:func:`mark_below_floor`).
 """
 
 from __future__ import annotations

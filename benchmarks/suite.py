@@ -218,7 +218,7 @@ def plan(config: Config) -> Iterator[Task]:
                 partial(jax_peer_rows, n_tokens, config.repeats, config.peer_unroll, spread),
                 passes=passes,
             )
-        # Calls of a millisecond or less, three passes in every run: they cost a second or two each.
+        # Three passes in every run, full runs too: a pass costs a second or two.
         yield Task(
             f"jax jit causal, bidirectional T={config.target_tokens}",
             partial(jax_form_rows, config.target_tokens, config.repeats, config.spread / 3),
@@ -304,7 +304,8 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     counters_at_start = cpu_counters()
     started = time.perf_counter()
     # Pass 1 takes every measurement; pass p > 1 takes again those of the tasks with p passes or more.
-    schedule = [(p, task) for p in range(1, max(t.passes for t in tasks) + 1) for task in tasks if task.passes >= p]
+    passes = max((t.passes for t in tasks), default=1)
+    schedule = [(p, task) for p in range(1, passes + 1) for task in tasks if task.passes >= p]
     for i, (p, task) in enumerate(schedule):
         if progress:
             progress(i, len(schedule), task.label + (f" (pass {p})" if p > 1 else ""), started)
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for r in below:
         print(
             f"warning: {r['backend']} {r['form']}{' packed' if 'packed' in r else ''} T={r['T']} measured faster than"
-            " its GEMM floor twice, which no form can be: its targets are unreliable"
+            " its GEMM floor (after a re-measure), which no form can be: its targets are unreliable"
         )
     for t in result["targets"]:
         value = "not measured" if t["measured"] is None else f"{t['measured']:.3g}"

@@ -18,7 +18,7 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[float | None, str | None]:
-    """a / b, and why it cannot be trusted: a row that measured faster than its GEMM floor twice."""
+    """a / b, and why it cannot be trusted: a row that measured faster than its GEMM floor (``below_floor``)."""
     if a is None or b is None:
         return None, None
     doubt = (

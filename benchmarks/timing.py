@@ -3,9 +3,10 @@
 A ratio of two timings says something only when both were taken under the same
 conditions. So the functions a target compares are timed together, round by round
 (each round calls every one of them once, in a rotating order), and each keeps the
-minimum of its rounds after a discarded warm-up. Those rounds are spread over at least
-``SPREAD_SECONDS`` (see there): the machine's own speed changes from one moment to the
-next, and a minimum taken over a few milliseconds says which moment it was. While one library runs, the thread
+minimum of its rounds after a discarded warm-up. The rounds of a measurement a target
+compares are spread over ``SPREAD_SECONDS`` (see there), shared between the passes the
+suite takes it in: the machine's own speed changes from one moment to the next, and a
+minimum taken over a few milliseconds says which moment it was. While one library runs, the thread
 pools of the others (OpenBLAS of NumPy, the OpenMP of PyTorch, ...) are held to one
 thread through threadpoolctl, so that their idle spinning does not take the cores.
 The CPU time the whole machine spent during the run, less the run's own, says whether
@@ -56,10 +57,11 @@ SPREAD_SECONDS = 1.0
 On the 2-core machine (a virtual machine) the same call runs at one of two speeds, switching
 every few milliseconds to seconds while nothing else runs: a 16-element ``np.add`` took
 380 to 420 ns or 600 to 800 ns in consecutive 2.5 ms samples of one process. Work bound by
-Python and dispatch slows most (Latte's ``step``, 28 against 40 to 50 us), work bound by
-memory least, so the ratio of the two moves with the moment it was taken: a product reading
-8,192 cached keys / Latte's step read 3.7 to 5.8 over 5 rounds of 20 calls (3 ms) in eight
-processes, and 5.1 to 5.6 in seven of them (4.3 in the eighth) over rounds spread across a second.
+Python and dispatch slows most (Latte's ``step``, 28 against 33 to 51 us), work bound by
+memory least, so the ratio of the two moves with the moment it was taken. Timed in eight
+processes, one query's product with 8,192 cached keys (4 heads of 32) / Latte's step read 3.7
+to 5.8 over 5 rounds of 20 calls each (about 20 ms), and 5.1 to 5.6 in seven of them (4.3 in
+the eighth) over rounds spread across a second.
 """
 
 SLOW_CALL_SECONDS = 20.0
@@ -99,14 +101,20 @@ TIMES = ("seconds", "numpy_causal_layer_seconds", "jax_scan_seconds", "jax_causa
 """The fields of a row that are one function's time (a first call's compile time is not: it is paid once)."""
 
 
+IDENTITY = ("kind", "backend", "form", "method", "context", "T", "causal", "packed", "chunk_size", "n_cached")
+"""The fields that say what a row measured: rows of two passes pair up when these agree."""
+
+
 def fastest_rows(first: list[dict[str, Any]], later: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of one measurement taken in two passes of a run: each time the faster pass's, the rest the first's.
+    """The rows of one measurement, so far (``first``) and from one more pass: each time the faster, the rest as so far.
 
     A row's times (``TIMES``) are each function's own minimum, so a function keeps its fastest
-    pass, as within a pass it keeps its fastest round. Rows that do not pair up (a pass that
-    measured something else) leave the first pass's rows as they were.
+    pass, as within a pass it keeps its fastest round; a ratio may then divide the minima of
+    two passes, as it divides those of two rounds. Rows that do not pair up (a pass that
+    measured something else) leave the rows so far as they were.
     """
-    if len(first) != len(later) or any(a.get("kind") != b.get("kind") for a, b in zip(first, later)):
+    same = len(first) == len(later) and all(a.get(key) == b.get(key) for a, b in zip(first, later) for key in IDENTITY)
+    if not same:
         return first
     return [{**a, **{key: min(a[key], b[key]) for key in TIMES if key in a and key in b}} for a, b in zip(first, later)]
 

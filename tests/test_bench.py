@@ -125,7 +125,7 @@ def test_rounds_go_on_until_they_span_the_spread():
     numpy = backends.get_backend("numpy")
     started = time.perf_counter()
     timing.interleaved_times({"a": (numpy, lambda: calls.append(time.perf_counter()))}, repeats=2, spread=0.05)
-    assert calls[-1] - started >= 0.05 and len(calls) > 3  # more rounds than repeats, over at least the spread
+    assert time.perf_counter() - started >= 0.05 and len(calls) > 3  # more rounds than repeats, over the spread
     calls.clear()
     timing.interleaved_times({"a": (numpy, lambda: calls.append(0.0))}, repeats=2)
     assert len(calls) == 1 + 2  # no spread: the warm-up and the repeats
@@ -176,9 +176,27 @@ def test_a_measurement_in_several_passes_keeps_each_functions_fastest_pass(tmp_p
 
     tasks = [suite.Task("three passes", measured, passes=3), suite.Task("one pass", once)]
     monkeypatch.setattr(suite, "plan", lambda config: iter(tasks))
+    monkeypatch.setattr(suite, "steady_allocator", lambda: None)  # this worker's malloc stays as it is
     result = suite.run(suite.Config.quick_config(["numpy"]), tmp_path)
     assert order == ["passes", "once", "passes", "passes"]
     assert [r["seconds"] for r in result["rows"]] == [1.0]
+
+
+def test_a_quick_run_takes_what_the_targets_compare_in_three_passes_and_jax_only_jitted() -> None:
+    suite = _benchmarks_module("suite")
+    names = ["numpy", "torch", "jax"]
+    quick = {task.label: task.passes for task in suite.plan(suite.Config.quick_config(names))}
+    assert quick["numpy floor, forms, packed, softmax T=2048"] == 3  # the targets' T
+    assert quick["numpy floor, forms, softmax T=1024"] == 3  # the scaling targets' small T
+    assert quick["numpy step contexts=1024,8192"] == 3 and quick["torch step contexts=1024,8192"] == 1
+    assert quick["jax jit causal, bidirectional T=2048"] == 3 and quick["decode step against SDPA"] == 3
+    assert quick["numpy recurrent T=1024"] == 1 and quick["numpy causal chunk_size=16,32,64"] == 1
+    assert not any(label.startswith(("jax floor", "jax step", "jax state")) for label in quick)  # no eager JAX
+    full = suite.Config(backends=names)
+    full.shrink_to(2048)
+    passes = {task.label: task.passes for task in suite.plan(full)}
+    assert passes["numpy floor, forms, packed, softmax T=2048"] == 1  # a full run's calls are long: one pass
+    assert passes["jax jit causal, bidirectional T=2048"] == 3 and "jax floor, forms, softmax T=1024" in passes
 
 
 def test_the_allocator_is_fixed_on_glibc_and_left_alone_elsewhere() -> None:

@@ -191,16 +191,23 @@ def test_inputs_are_not_modified(case, rng):
         np.testing.assert_array_equal(before, case.numpy(after))
 
 
-@pytest.mark.parametrize("n_latents", [32, 24, 7, 1])
-def test_numpys_halved_last_axis_max_is_numpys_max(n_latents: int) -> None:
-    from latte_ref._array import HALVED_MAX_SIZE, last_axis_max
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("n_latents", [32, 24, 96, 7, 1])  # halved to 1, to 3 and to 3; odd or 1: one reduce
+def test_numpys_halved_last_axis_max_is_numpys_max(n_latents: int, dtype: type) -> None:
+    from latte_ref._array import HALVED_MAX_SIZE, last_axis_max, softmax
 
     rng = np.random.default_rng(n_latents)
-    x = rng.standard_normal((HALVED_MAX_SIZE // n_latents + 3, n_latents)).astype(np.float32)
-    x[0, 0], x[1, -1], x[2] = np.nan, np.inf, -np.inf  # a nan, a +inf and a row of -inf
-    x[3] = 0.0
-    x[3, 0] = -0.0
-    assert x.size >= HALVED_MAX_SIZE  # the halving path
-    np.testing.assert_array_equal(last_axis_max(np, x), np.max(x, axis=-1, keepdims=True))
-    small = x[:4]
-    np.testing.assert_array_equal(last_axis_max(np, small), np.max(small, axis=-1, keepdims=True))
+    rows = HALVED_MAX_SIZE // n_latents // 2 + 3
+    x = rng.standard_normal((2, rows, n_latents)).astype(dtype)
+    x[0, 0, 0], x[0, 1, -1], x[0, 2] = np.nan, np.inf, -np.inf  # a nan, a +inf and a row of -inf
+    x[1, 0, n_latents // 2] = np.nan  # a nan in the second half of a row
+    assert x.size >= HALVED_MAX_SIZE  # the halving path where the axis is even
+    expected = np.max(x, axis=-1, keepdims=True)
+    np.testing.assert_array_equal(last_axis_max(np, x), expected)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(last_axis_max(np, x[:, ::-1]), expected[:, ::-1])  # a read-only, strided view
+    np.testing.assert_array_equal(last_axis_max(np, x[:, :4]), expected[:, :4])  # small: the plain reduce
+    q = x.astype(np.float64)
+    q[~np.isfinite(q)] = 0.0
+    reference = np.exp(q - np.max(q, axis=-1, keepdims=True))
+    np.testing.assert_array_equal(softmax(np, q, axis=-1), reference / reference.sum(-1, keepdims=True))
