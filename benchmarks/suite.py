@@ -123,6 +123,9 @@ class Task:
     label: str
     run: Callable[[], list[dict[str, Any]]]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    again: Callable[[], list[dict[str, Any]]] | None = None
+    """What the passes after the first run instead of ``run``: the same times, less what need not be measured
+    again (peak memory); None runs ``run`` again."""
     passes: int = 1
     """How many times the run takes this measurement, once in each of its passes over the plan.
 
@@ -163,18 +166,20 @@ def plan(config: Config) -> Iterator[Task]:
             # reads eager JAX's forms.
             quarter = max(config.target_tokens // 4, 1024)
             compared = name != "jax" and n_tokens in (config.target_tokens, quarter)
+            measure = partial(
+                point_rows,
+                backend,
+                n_tokens,
+                config.target_repeats if compared else config.repeats,
+                softmax=softmax,
+                packed=packed if at_target else None,
+                memory=config.memory,
+                spread=spread if compared else 0.0,
+            )
             yield Task(
                 f"{name} floor, forms{', packed' if at_target and packed else ''}, softmax T={n_tokens}",
-                partial(
-                    point_rows,
-                    backend,
-                    n_tokens,
-                    config.target_repeats if compared else config.repeats,
-                    softmax=softmax,
-                    packed=packed if at_target else None,
-                    memory=config.memory,
-                    spread=spread if compared else 0.0,
-                ),
+                measure,
+                again=partial(measure, memory=False),
                 passes=passes if compared else 1,
             )
             # The scan is a Python loop of steps: on other backends each step pays the framework's dispatch.
@@ -309,7 +314,7 @@ def run(config: Config, output: Path, progress: Callable[[int, int, str, float],
     for i, (p, task) in enumerate(schedule):
         if progress:
             progress(i, len(schedule), task.label + (f" (pass {p})" if p > 1 else ""), started)
-        task.rows = task.run() if p == 1 else mark_below_floor(fastest_rows(task.rows, task.run()))
+        task.rows = task.run() if p == 1 else mark_below_floor(fastest_rows(task.rows, (task.again or task.run)()))
         rows = [row for t in tasks for row in t.rows]
         _write(output, config, the_machine, rows, started)  # after every task: a cut run keeps its rows
     if progress:

@@ -174,11 +174,15 @@ def test_a_measurement_in_several_passes_keeps_each_functions_fastest_pass(tmp_p
         order.append("once")
         return []
 
-    tasks = [suite.Task("three passes", measured, passes=3), suite.Task("one pass", once)]
+    def measured_again() -> list[dict]:
+        order.append("again")
+        return measured()
+
+    tasks = [suite.Task("three passes", measured, again=measured_again, passes=3), suite.Task("one pass", once)]
     monkeypatch.setattr(suite, "plan", lambda config: iter(tasks))
     monkeypatch.setattr(suite, "steady_allocator", lambda: None)  # this worker's malloc stays as it is
     result = suite.run(suite.Config.quick_config(["numpy"]), tmp_path)
-    assert order == ["passes", "once", "passes", "passes"]
+    assert order == ["passes", "once", "again", "passes", "again", "passes"]  # later passes run `again`
     assert [r["seconds"] for r in result["rows"]] == [1.0]
 
 
