@@ -45,7 +45,6 @@ def point_rows(
     if _below_floor(times):  # a form faster than the products it is made of: a hiccup of the machine, once
         times = _times(functions, repeats, errors, spread)
     del functions
-    impossible = _below_floor(times)
 
     rows: list[dict[str, Any]] = [{"kind": "floor", "backend": backend.name, "T": n_tokens, "seconds": times["floor"]}]
     for name, seconds in times.items():
@@ -53,24 +52,21 @@ def point_rows(
             continue
         form, _, is_packed = name.partition(" ")
         extra: dict[str, Any] = {"packed": packed} if is_packed else {}
-        row = form_record(backend, form, n_tokens, seconds, memory=memory and not is_packed, **extra)
-        if name in impossible:
-            row["below_floor"] = True
-        rows.append(row)
+        rows.append(form_record(backend, form, n_tokens, seconds, memory=memory and not is_packed, **extra))
     for is_causal in softmax:
         name = f"softmax {is_causal}"
         if name in times or name in errors:
             row = {"kind": "softmax", "backend": backend.name, "causal": is_causal, "T": n_tokens}
             row.update({"error": errors[name]} if name in errors else {"seconds": times[name]})
             rows.append(row)
-    return rows
+    return mark_below_floor(rows)
 
 
 def mark_below_floor(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with ``below_floor`` set on each form faster than the GEMM floor of its backend and T, and only there.
 
-    For rows whose times were merged from several passes (``timing.fastest_rows``): a form and
-    its floor may each have kept another pass's time.
+    The one check of :func:`point_rows`'s rows, and of those merged from several passes
+    (``timing.fastest_rows``), where a form and its floor may each have kept another pass's time.
     """
     floors = {(r["backend"], r["T"]): r["seconds"] for r in rows if r.get("kind") == "floor" and "seconds" in r}
     out = []

@@ -47,6 +47,9 @@ __all__ = ["Config", "Task", "main", "plan"]
 QUICK_WALL_SECONDS = 45.0
 """How long ``--quick`` may take, its own target (on an idle machine)."""
 
+EVERY_RUN_PASSES = 3
+"""Passes of the jitted forms and the decode step in every run, full runs too: a pass costs a second or two."""
+
 HELP = "time and peak memory of every form against T, with GEMM-floor and softmax-attention references (JSON + PNG)"
 
 
@@ -223,17 +226,16 @@ def plan(config: Config) -> Iterator[Task]:
                 partial(jax_peer_rows, n_tokens, config.repeats, config.peer_unroll, spread),
                 passes=passes,
             )
-        # Three passes in every run, full runs too: a pass costs a second or two.
         yield Task(
             f"jax jit causal, bidirectional T={config.target_tokens}",
-            partial(jax_form_rows, config.target_tokens, config.repeats, config.spread / 3),
-            passes=3,
+            partial(jax_form_rows, config.target_tokens, config.repeats, config.spread / EVERY_RUN_PASSES),
+            passes=EVERY_RUN_PASSES,
         )
     if "torch" in config.backends:
         yield Task(
             "decode step against SDPA",
-            partial(decode_step_rows, tuple(config.backends), config.repeats, spread=config.spread / 3),
-            passes=3,
+            partial(decode_step_rows, tuple(config.backends), config.repeats, spread=config.spread / EVERY_RUN_PASSES),
+            passes=EVERY_RUN_PASSES,
         )
     if config.compiled and "torch" in config.backends:
         lengths = (config.target_tokens // 8, config.target_tokens // 4)
