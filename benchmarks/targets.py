@@ -49,7 +49,9 @@ bidirectional 3.77 and 3.95 against 4): a verdict that such noise can flip says 
 the code. Some ratios move more (the flat-step ratio 0.79 to 1.07 against 1.2 over six quick
 runs); a band of 15% for quick runs was tried and changed as many verdicts at its own edges as
 it settled (consecutive pairs differing in 2, 1, 1, 2 verdicts against 1, 1, 1, 3), so one band
-serves both kinds of run.
+serves both kinds of run. No width settles every quick-run target at once (over twelve quick runs
+the ratios that cross this band's edges need one of 21% or more, while two others then straddle
+any edge from 14% to 37%): docs/performance.md gives the figures.
 """
 
 
