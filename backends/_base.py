@@ -124,6 +124,16 @@ class Backend:
         """One of two branches by a boolean scalar array; eager arrays: a Python ``if``."""
         return if_true(*operands) if bool(pred) else if_false(*operands)
 
+    def one_graph(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], static: tuple[tuple[int, ...], tuple[str, ...]]
+    ) -> Any:
+        """``fn(*args, **kwargs)``, as one compiled graph where the framework compiles each operation apart.
+
+        ``static`` names the arguments that are not arrays (positions, then keywords): a compiler
+        specialises on them. Frameworks that run each operation as it comes: ``fn`` itself.
+        """
+        return fn(*args, **kwargs)
+
     def owns(self, x: Any) -> bool:
         """Whether ``x`` is an array of this backend (without importing the framework)."""
         return type(x).__module__.split(".")[0] in self.array_modules

@@ -36,6 +36,7 @@ __all__ = [
     "exact_arithmetic",
     "in_exact_arithmetic",
     "is_traced",
+    "one_graph",
     "register_adapters",
     "register_sequence_parallel",
     "sequence_parallel",
@@ -137,6 +138,32 @@ def cond(pred: Any, if_true: Callable[..., Any], if_false: Callable[..., Any], *
     if adapter is None:
         return if_true(*operands) if bool(pred) else if_false(*operands)
     return adapter.cond(pred, if_true, if_false, operands)
+
+
+def one_graph(fn: Callable[..., Any], x: Any, *args: Any, static_argnums: tuple[int, ...] = (), **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` for arrays like ``x``, compiled as one graph where the framework would
+    otherwise compile each operation apart (eager JAX: ``jax.jit``); elsewhere ``fn`` runs as it is.
+
+    The positional arguments at ``static_argnums`` and every keyword argument that is not an array
+    (a namespace, a chunk size) are static: the graph is specialised on them. The same values come
+    out as from ``fn`` itself, to rounding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from latte_ref._dispatch import one_graph
+    >>> one_graph(lambda xp, a: xp.exp(a), np.zeros(2), np, np.zeros(2), static_argnums=(0,))
+    array([1., 1.])
+    """
+    adapter = _adapter(x)
+    if adapter is None:
+        return fn(*args, **kwargs)
+    static_names = tuple(sorted(name for name, value in kwargs.items() if _is_static(value)))
+    return adapter.one_graph(fn, args, kwargs, (static_argnums, static_names))
+
+
+def _is_static(value: Any) -> bool:
+    return isinstance(value, (int, float, str, ModuleType))
 
 
 def is_traced(x: Any) -> bool:

@@ -80,3 +80,19 @@ def test_grad_with_respect_to_one_argument(inputs):
     q, k, v, mask = inputs  # k and v stay concrete while q is traced
     grad = jax.grad(lambda q: latte_ref.causal(q, k, v, mask=mask).sum())(q)
     assert grad.shape == q.shape and bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_eager_causal_runs_each_block_as_one_compiled_graph(inputs):
+    """Eager JAX would compile every operation of a block for every new shape; `causal` jits the block whole."""
+    from latte_ref.backends.jax import _ONE_GRAPH
+
+    from latte_ref.causal.traced import causal_block_traced
+
+    q, k, v, mask = inputs
+    y, state = latte_ref.causal(q, k, v, mask=mask, chunk_size=4, return_state=True)
+    assert any(key[0] is causal_block_traced for key in _ONE_GRAPH)
+    y_np, state_np = latte_ref.causal(
+        *(np.asarray(a) for a in (q, k, v)), mask=np.asarray(mask), chunk_size=4, return_state=True
+    )
+    for a, b in zip((y, *state), (y_np, *state_np)):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-12, atol=1e-14)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._array import Array, finite_or_zero
-from .._dispatch import is_traced
+from .._dispatch import is_traced, one_graph
 from ..state import LatteState
 from .chunks import _any_but_chunks, _indices, _put_chunks, _take_chunks, _take_state
 from .exact import causal_chunk
@@ -50,8 +50,10 @@ def causal_block(
     q, k = (xp.reshape(a, (*shape[:-3], n_chunks, chunk_size, *shape[-2:])) for a in (q, k))  # [..., N, C, H, L]
     v = xp.reshape(v, (*shape[:-3], n_chunks, chunk_size, v.shape[-2], v.shape[-1]))  # [..., N, C, H, D]
     pieces = None if starts is None else Pieces.of(xp, xp.reshape(starts, (*shape[:-3], n_chunks, chunk_size)))
-    if is_traced(q):  # values cannot be read: the same rule, one `cond` per block
-        y, after = causal_block_traced(xp, q, k, v, state, chunk_size=chunk_size, pieces=pieces)
+    if is_traced(q):  # values cannot be read: the same rule, one `cond` per block, compiled as one graph
+        y, after = one_graph(
+            causal_block_traced, q, xp, q, k, v, state, static_argnums=(0,), chunk_size=chunk_size, pieces=pieces
+        )
         return xp.reshape(y, (*shape[:-1], v.shape[-1])), after
 
     k_last, v_last = last_piece(xp, pieces, k, v)  # what reaches the state after each chunk
