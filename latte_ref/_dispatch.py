@@ -6,7 +6,7 @@ forms to import it, the two would import each other. Instead :mod:`latte_ref.par
 registers its modules here when ``latte_ref`` is imported, and the forms look them up
 by name when such an input arrives: imports flow one way, from the forms to ``parallel``.
 
-Two array-level needs have no Array-API spelling and go to the framework's adapter in
+Some array-level needs have no Array-API spelling and go to the framework's adapter in
 ``latte_ref.backends`` (registered here by ``latte_ref``'s ``__init__``, looked up by the
 array's type):
 
@@ -18,7 +18,9 @@ array's type):
   arrays, ``torch.cond`` under ``torch.compile``;
 - :func:`exact_arithmetic`: the forms compute in the dtype they chose, whatever an automatic
   mixed-precision context says (PyTorch's ``autocast`` would otherwise run their products in
-  float16, where the factored exponentials overflow).
+  float16, where the factored exponentials overflow);
+- :func:`one_graph`: a block of work compiled whole where the framework would compile each
+  operation apart (eager JAX: ``jax.jit``), so that eager ``causal`` compiles once per shape.
 """
 
 from __future__ import annotations

@@ -40,9 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         pass
     else:
-        # Eager JAX compiles each operation anew for each shape (about 30 ms an operation on CPU, 2 s for a
-        # first causal call): a compilation cache in pytest's cache folder lets the workers of one run, and
-        # later runs, share those compilations. With `-p no:cacheprovider` the suite runs without it.
+        # Eager JAX compiles each operation anew for each shape (about 30 ms an operation on CPU; causal
+        # compiles each block whole): a compilation cache in pytest's cache folder lets the workers of one
+        # run, and later runs, share those compilations. With `-p no:cacheprovider` the suite runs without it.
         cache = getattr(config, "cache", None)
         if cache is not None:
             jax.config.update("jax_compilation_cache_dir", str(cache.mkdir("jax-compilation-cache")))
