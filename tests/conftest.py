@@ -77,8 +77,8 @@ FULL_ONLY = (
     # 8 to 9 s each on eager JAX (a non-finite input takes the per-token form: more shapes to compile)
     "test_a_nan_stays_in_its_document[jax-cpu:0-float32-causal]",
     "test_a_bad_key_at_a_documents_first_token_stays_in_its_document[jax-cpu:0-float32-causal-nan]",
-    # 9 to 23 s each from a fresh clone, when every eager JAX operation compiles for the first time; each
-    # checks what a faster test of the same module checks on JAX too (state, masks, packing, gradients)
+    # 9 to 23 s each from a fresh clone, when every eager JAX operation compiled for the first time (before
+    # causal compiled its blocks whole); each checks what a faster test of the same module checks on JAX too
     "test_other_forms_compile_to_one_graph[recurrent]",  # torch.compile unrolls the token loop; `step` stays
     "test_gradients_agree_with_the_definition[causal-causal-definition-unmasked-jax]",
     "test_mask_equals_dropping_the_padded_tokens[jax-cpu:0-float32-right]",
